@@ -1,0 +1,1 @@
+"""The chat core: framed-TCP protocol, chat rules and storage."""

@@ -1,0 +1,160 @@
+"""The framing codec: ``$<LEN><DATA>$`` packets carrying JSON objects.
+
+Sans-IO, like h11 and wsproto: bytes go in through :meth:`FrameDecoder.feed`,
+objects come out; :func:`encode` turns an object into bytes to send. Nothing
+here touches a socket, so the server, the gateway, the desktop client and the
+tests all share this one implementation (PROTOCOL.md section 1).
+
+Cost model: the decoder keeps one ``bytearray`` and a read offset. Consuming a
+packet only moves the offset; the consumed prefix is dropped once per
+``feed`` call, so a flood of small frames costs O(bytes received), never
+O(n^2) re-slicing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+#: Largest DATA accepted or sent by default (PROTOCOL.md section 1): big
+#: enough for a 10,000-character message in any script, a history page or a
+#: poll batch, small enough that one peer cannot make us buffer much.
+DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
+
+#: LEN is 1 to 7 ASCII digits, so no limit above 9,999,999 can be expressed.
+MAX_LEN_DIGITS = 7
+
+_DOLLAR = 0x24  # "$"
+_DIGITS = frozenset(b"0123456789")
+
+
+class ProtocolError(Exception):
+    """A packet that cannot be used, with the protocol's error ``code``.
+
+    ``bad_frame`` is fatal (the stream cannot be resynchronised, the peer is
+    told and disconnected); ``bad_request`` concerns one packet only.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def fatal(self) -> bool:
+        return self.code == "bad_frame"
+
+    def to_reply(self) -> dict[str, Any]:
+        return {"purpose": "error", "ok": False, "error": self.code, "message": self.message}
+
+
+def _reject_constant(name: str) -> Any:
+    # json accepts NaN/Infinity by default; they are not JSON (RFC 8259).
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def encode(obj: dict[str, Any], max_bytes: int | None = None) -> bytes:
+    """Serialise one object as a packet.
+
+    Raises ``ValueError`` if the DATA would exceed ``max_bytes`` or the object
+    holds something JSON cannot carry (NaN, a lone surrogate).
+    """
+    data = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8"
+    )
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ValueError(f"packet of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    return b"$%d%s$" % (len(data), data)
+
+
+def decode_data(data: bytes) -> dict[str, Any]:
+    """Parse one packet's DATA; raise ``ProtocolError('bad_request')`` if unusable."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("bad_request", f"packet is not valid UTF-8: {exc.reason}") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("bad_request", "JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise ProtocolError("bad_request", f"packet is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_request", "packet must be a JSON object")
+    if not isinstance(obj.get("purpose"), str):
+        raise ProtocolError("bad_request", "packet needs a string 'purpose'")
+    return obj
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get complete objects back.
+
+    :meth:`feed` returns, in order, one item per complete packet: the decoded
+    object, or a :class:`ProtocolError` for a packet that cannot be used.
+    ``bad_request`` items concern one packet; a ``bad_frame`` item is always
+    the last one (packets decoded before it are still returned), after which
+    the decoder is dead and every later ``feed`` raises that error.
+    The buffered incomplete packet never exceeds ``max_bytes + 9`` bytes.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if not 0 < max_bytes <= 10**MAX_LEN_DIGITS - 1:
+            raise ValueError("max_bytes must fit in 7 decimal digits")
+        self.max_bytes = max_bytes
+        self._buf = bytearray()
+        self._dead: ProtocolError | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete packet held (0 between packets)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
+        if self._dead is not None:
+            raise self._dead
+        buf = self._buf
+        buf += data
+        out: list[dict[str, Any] | ProtocolError] = []
+        pos = 0
+        end = len(buf)
+        try:
+            while pos < end:
+                if buf[pos] != _DOLLAR:
+                    raise ProtocolError("bad_frame", "packet must start with '$'")
+                i = pos + 1
+                limit = min(end, i + MAX_LEN_DIGITS + 1)
+                while i < limit and buf[i] in _DIGITS:
+                    i += 1
+                ndigits = i - pos - 1
+                if ndigits > MAX_LEN_DIGITS:
+                    raise ProtocolError(
+                        "bad_frame", f"length has more than {MAX_LEN_DIGITS} digits"
+                    )
+                if i == end:
+                    break  # header still arriving
+                if ndigits == 0:
+                    raise ProtocolError("bad_frame", "packet length is missing after '$'")
+                length = int(buf[pos + 1 : i])
+                if length > self.max_bytes:
+                    raise ProtocolError(
+                        "bad_frame",
+                        f"packet of {length} bytes exceeds the {self.max_bytes}-byte limit",
+                    )
+                stop = i + length
+                if stop >= end:
+                    break  # body or trailing '$' still arriving
+                if buf[stop] != _DOLLAR:
+                    raise ProtocolError("bad_frame", "packet must end with '$' after LEN bytes")
+                try:
+                    out.append(decode_data(bytes(buf[i:stop])))
+                except ProtocolError as exc:
+                    out.append(exc)
+                pos = stop + 1
+        except ProtocolError as exc:
+            self._dead = exc
+            self._buf = bytearray()
+            out.append(exc)
+            return out
+        if pos:
+            del buf[:pos]
+        return out
