@@ -1,0 +1,126 @@
+"""Shared fixtures: a real core server in a subprocess on an ephemeral port."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_USERS = {"Alice": "123", "Bob": "456", "Charlie": "789"}
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_tool(name: str, why: str) -> str:
+    """Return the path of executable ``name``; skip on a laptop, fail in CI."""
+    path = shutil.which(name)
+    if path is None:
+        msg = f"{name} not found ({why}); install it (see .ci/run)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+_LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
+
+
+class CoreProcess:
+    """The real core (``python -m legacy_socket_server``) as a subprocess."""
+
+    def __init__(self, data_dir: Path, extra_args: list[str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.extra_args = extra_args or []
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path = data_dir / "core.log"
+
+    def start(self, port: int | None = None) -> CoreProcess:
+        """Start (or restart, by default on the same port) and wait until listening."""
+        port = self.port if port is None else port
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
+        start_offset = self.log_path.stat().st_size
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "legacy_socket_server",
+                "--host",
+                self.host,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(self.data_dir),
+                "--log-level",
+                "INFO",
+                *self.extra_args,
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+        )
+        log.close()
+
+        def listening() -> re.Match[str] | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"core exited early:\n{self.log_path.read_text()}")
+            with open(self.log_path) as f:
+                f.seek(start_offset)
+                return _LISTEN_RE.search(f.read())
+
+        match = wait_for(listening, timeout=20, what="the core to listen")
+        self.port = int(match.group(2))
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, no compaction."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM: graceful shutdown; returns the exit code."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(20)
+        return self.proc.returncode if self.proc else 0
+
+    def restart(self) -> CoreProcess:
+        self.stop()
+        return self.start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+@pytest.fixture
+def core_proc(tmp_path: Path) -> Iterator[CoreProcess]:
+    """A running core with the demo users (Alice/123, Bob/456, Charlie/789)."""
+    core = CoreProcess(tmp_path / "data").start(port=0)
+    yield core
+    core.stop()
