@@ -63,7 +63,7 @@ class CoreClient(asyncio.Protocol):
             _, proto = await asyncio.wait_for(
                 loop.create_connection(lambda: cls(max_bytes), host, port), timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise CoreUnavailable(f"cannot reach the core at {host}:{port}: {exc}") from exc
         return proto
 
@@ -113,7 +113,7 @@ class CoreClient(asyncio.Protocol):
         self._transport.write(encode({"purpose": purpose, "id": rid, **fields}))  # type: ignore[union-attr]
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise CoreUnavailable(f"no reply to {purpose!r} within {timeout} s") from None
         finally:
             self._waiting.pop(rid, None)

@@ -1,0 +1,546 @@
+"""The chat rules (PROTOCOL.md sections 2 and 3), with no transport in sight.
+
+``ChatService.handle(session, request)`` returns the reply dict, or ``None``
+for a ``poll`` held by ``wait_ms`` (its reply goes out later through
+``session.send``), or a future of the reply when the disk must confirm first
+(``--fsync always``). The TCP server is a thin adapter around it, and every
+rule is tested on it directly.
+
+Session states form a small table: a session starts ``connected``; ``login``
+or ``resume`` moves it to ``logged_in``; ``exit`` or a dropped connection
+ends it. Which purposes each state accepts is :data:`ALLOWED_BEFORE_LOGIN`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from bisect import bisect_left, bisect_right
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from .events import SEQ_BITS, SEQ_MASK, Entry, UserLog, encoded_size
+from .protocol import DEFAULT_MAX_FRAME_BYTES
+from .storage_files import StorageUnavailable
+from .store import HistoryState, HistoryStore
+from .tokens import TokenStore
+from .users import UserStore
+from .validation import BadRequest, get_int, get_str
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 10_000
+MAX_WAIT_MS = 30_000
+MAX_POLL_EVENTS = 500  # the protocol asks for at least 100 per poll
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 200
+#: Room left in a frame for the reply's own fields around events/messages.
+REPLY_OVERHEAD = 256
+
+#: Login throttling: this many failures for one name within the window lock
+#: that name for LOCKOUT seconds (rate_limited), bounding both guessing and
+#: the argon2 CPU an attacker can make us spend.
+LOGIN_FAILURES = 5
+LOGIN_WINDOW = 60.0
+LOGIN_LOCKOUT = 30.0
+
+#: Sending: a token bucket per user. The protocol demands a burst of at least
+#: 500 and 20/s sustained; anything faster from one person is a runaway script.
+SEND_BURST = 600
+SEND_RATE = 50.0
+
+ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
+
+
+class Session:
+    """One connection's state. ``send`` delivers out-of-order (held poll) replies."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], peer: str = "") -> None:
+        self.id = next(Session._ids)
+        self.send = send
+        self.peer = peer
+        self.username: str | None = None
+        self.token: str | None = None
+        self.cursor = 0
+        self.held: tuple[dict[str, Any], asyncio.TimerHandle] | None = None
+        self.closed = False
+
+
+class ChatError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Conversation:
+    """Messages between two users, oldest first, and each side's sent ids."""
+
+    __slots__ = ("ids", "messages", "sent")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.messages: list[dict[str, Any]] = []
+        self.sent: dict[str, list[int]] = {}
+
+    def add(self, msg: dict[str, Any]) -> None:
+        self.ids.append(msg["id"])
+        self.messages.append(msg)
+        self.sent.setdefault(msg["from"], []).append(msg["id"])
+
+
+class ChatService:
+    def __init__(
+        self,
+        users: UserStore,
+        history: HistoryStore,
+        tokens: TokenStore,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        send_burst: float = SEND_BURST,
+        send_rate: float = SEND_RATE,
+    ) -> None:
+        self.users = users
+        self.history = history
+        self.tokens = tokens
+        self.max_frame_bytes = max_frame_bytes
+        self.send_burst = send_burst
+        self.send_rate = send_rate
+        state = history.load()
+        self.boot = state.boot
+        self._next_id = state.next_id
+        self._messages: list[dict[str, Any]] = []
+        self._convs: dict[tuple[str, str], _Conversation] = {}
+        self._dedup: dict[tuple[str, str], dict[str, Any]] = {}
+        for msg in state.messages:
+            self._index(msg)
+        self._markers = state.markers
+        self._seq = 0
+        self._logs: dict[str, UserLog] = {}
+        self._online: dict[str, set[Session]] = {}
+        self._failures: dict[str, deque[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+        log.info(
+            "loaded %d messages, %d users (boot %d)",
+            len(self._messages),
+            len(users.names()),
+            self.boot,
+        )
+
+    # -- state helpers --------------------------------------------------------
+    def _index(self, msg: dict[str, Any]) -> None:
+        self._messages.append(msg)
+        self._conv(msg["from"], msg["to"]).add(msg)
+        if "client_msg_id" in msg:
+            self._dedup[(msg["from"], msg["client_msg_id"])] = msg
+
+    def _conv(self, a: str, b: str) -> _Conversation:
+        key = (a, b) if a < b else (b, a)
+        conv = self._convs.get(key)
+        if conv is None:
+            conv = self._convs[key] = _Conversation()
+        return conv
+
+    def cursor(self) -> int:
+        return (self.boot << SEQ_BITS) | self._seq
+
+    def snapshot(self) -> HistoryState:
+        return HistoryState(self._messages, self._markers, self._next_id, self.boot)
+
+    def is_online(self, name: str) -> bool:
+        return bool(self._online.get(name))
+
+    def unread(self, user: str, peer: str) -> int:
+        conv = self._convs.get((user, peer) if user < peer else (peer, user))
+        if conv is None:
+            return 0
+        ids = conv.sent.get(peer)
+        if not ids:
+            return 0
+        marker = self._markers.get(user, {}).get(peer, 0)
+        return len(ids) - bisect_right(ids, marker)
+
+    def user_list(self, user: str) -> list[dict[str, Any]]:
+        return [
+            {"username": n, "online": self.is_online(n), "unread": self.unread(user, n)}
+            for n in self.users.names()
+            if n != user
+        ]
+
+    def _emit(self, user: str, event: dict[str, Any], skip: int = 0, size: int = 0) -> None:
+        """Append an event to one user's log and wake their held polls."""
+        ulog = self._logs.get(user)
+        if ulog is None:
+            return  # never logged in this run: their next login starts fresh
+        self._seq += 1
+        ulog.append(Entry(self._seq, event, skip, size or encoded_size(event)))
+        for s in list(self._online.get(user, ())):
+            if s.held is not None and s.id != skip:
+                self._answer_held(s)
+
+    # -- entry point --------------------------------------------------------------
+    def handle(
+        self, session: Session, req: dict[str, Any]
+    ) -> dict[str, Any] | asyncio.Future[dict[str, Any]] | None:
+        purpose = req["purpose"]
+        rid = req.get("id")
+        base: dict[str, Any] = {"purpose": purpose}
+        if rid is not None:
+            if (
+                isinstance(rid, bool)
+                or not isinstance(rid, (int, str))
+                or (isinstance(rid, str) and len(rid) > 64)
+            ):
+                return {
+                    **base,
+                    "ok": False,
+                    "error": "bad_request",
+                    "message": "id must be an integer or a string of at most 64 characters",
+                }
+            base["id"] = rid
+        handler = self._handlers.get(purpose)
+        try:
+            if handler is None:
+                raise ChatError("unknown_purpose", f"unknown purpose {purpose!r}")
+            if session.username is None and purpose not in ALLOWED_BEFORE_LOGIN:
+                raise ChatError("not_logged_in", "log in first")
+            result = handler(self, session, req, base)
+        except BadRequest as exc:
+            return {**base, "ok": False, "error": "bad_request", "message": str(exc)}
+        except ChatError as exc:
+            return {**base, "ok": False, "error": exc.code, "message": exc.message}
+        if result is None or isinstance(result, asyncio.Future):
+            return result
+        return {**base, "ok": True, **result}
+
+    # -- login, resume, exit ----------------------------------------------------
+    def _check_throttle(self, name: str, now: float) -> None:
+        until = self._locked_until.get(name)
+        if until is not None:
+            if now < until:
+                raise ChatError(
+                    "rate_limited",
+                    f"too many failed logins; try again in {int(until - now) + 1} s",
+                )
+            del self._locked_until[name]
+            self._failures.pop(name, None)
+
+    def _record_failure(self, name: str, now: float) -> None:
+        fails = self._failures.setdefault(name, deque())
+        fails.append(now)
+        while fails and now - fails[0] > LOGIN_WINDOW:
+            fails.popleft()
+        if len(fails) >= LOGIN_FAILURES:
+            self._locked_until[name] = now + LOGIN_LOCKOUT
+            log.warning("login for %r locked for %d s after failures", name, LOGIN_LOCKOUT)
+        if len(self._failures) > 100_000:  # bound memory against name-spraying
+            self._failures.clear()
+
+    def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        if session.username is not None:
+            raise BadRequest("already logged in; log in again on a new connection")
+        name = get_str(req, "username", max_len=64)
+        password = get_str(req, "password", max_len=1024)
+        now = time.monotonic()
+        self._check_throttle(name, now)
+        self.users.refresh()
+        t0 = time.perf_counter()
+        ok = self.users.verify(name, password)
+        log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
+        if not ok:
+            self._record_failure(name, now)
+            raise ChatError("invalid_credentials", "wrong user name or password")
+        self._failures.pop(name, None)
+        token = self.tokens.issue(name, self.users.fingerprint(name) or "")
+        return self._start_session(session, name, token)
+
+    def _resume(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        if session.username is not None:
+            raise BadRequest("already logged in; resume on a new connection")
+        token = get_str(req, "token", max_len=256)
+        self.users.refresh()
+        name = self.tokens.check(token, self.users.fingerprint)
+        if name is None or not self.users.exists(name):
+            raise ChatError("invalid_token", "this session has ended; log in again")
+        return self._start_session(session, name, token)
+
+    def _start_session(self, session: Session, name: str, token: str) -> dict[str, Any]:
+        session.username = name
+        session.token = token
+        if name not in self._logs:
+            self._logs[name] = UserLog()
+        session.cursor = self.cursor()
+        sessions = self._online.setdefault(name, set())
+        sessions.add(session)
+        if len(sessions) == 1:
+            self._broadcast_presence(name, True)
+            session.cursor = self.cursor()  # own presence event is not news to us
+        log.info("%s logged in (session %d, %s)", name, session.id, session.peer)
+        return {
+            "username": name,
+            "users": self.user_list(name),
+            "cursor": session.cursor,
+            "token": token,
+        }
+
+    def _broadcast_presence(self, name: str, online: bool) -> None:
+        event = {"type": "presence", "username": name, "online": online}
+        size = encoded_size(event)
+        for other in self._logs:
+            if other != name:
+                self._emit(other, event, size=size)
+
+    def _exit(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        if session.token is not None:
+            self.tokens.revoke(session.token)
+        self.disconnect(session)
+        return {}
+
+    def disconnect(self, session: Session) -> None:
+        """The connection is gone (or exited): end the session, update presence."""
+        if session.closed:
+            return
+        session.closed = True
+        if session.held is not None:
+            session.held[1].cancel()
+            session.held = None
+        name = session.username
+        if name is None:
+            return
+        sessions = self._online.get(name)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self._online[name]
+                self._broadcast_presence(name, False)
+        log.info("%s left (session %d)", name, session.id)
+
+    def _ping(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        return {}
+
+    def _users(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        self.users.refresh()
+        return {"users": self.user_list(session.username)}  # type: ignore[arg-type]
+
+    # -- messages -----------------------------------------------------------------
+    def _peer(self, session: Session, req: dict[str, Any], field: str) -> str:
+        peer = get_str(req, field, max_len=64)
+        if peer == session.username or (
+            not self.users.exists(peer) and not (self.users.refresh() and self.users.exists(peer))
+        ):
+            raise ChatError("unknown_user", f"no other user named {peer!r}")
+        return peer
+
+    def _take_send_token(self, name: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.get(name, (self.send_burst, now))
+        tokens = min(self.send_burst, tokens + (now - last) * self.send_rate)
+        if tokens < 1:
+            self._buckets[name] = (tokens, now)
+            return False
+        self._buckets[name] = (tokens - 1, now)
+        return True
+
+    def _send_message(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
+        sender: str = session.username  # type: ignore[assignment]
+        to = self._peer(session, req, "to")
+        text = get_str(req, "text", max_len=None)
+        cmid = get_str(req, "client_msg_id", max_len=64, required=False)
+        if cmid is not None:
+            original = self._dedup.get((sender, cmid))
+            if original is not None:
+                return {"message": original}
+        if not text.strip():
+            raise ChatError("empty_text", "message text is empty")
+        if len(text) > MAX_TEXT_CHARS:
+            raise ChatError("text_too_long", f"messages are limited to {MAX_TEXT_CHARS} characters")
+        if not self._take_send_token(sender):
+            raise ChatError("rate_limited", "you are sending too fast; wait a moment")
+        msg: dict[str, Any] = {
+            "id": self._next_id,
+            "from": sender,
+            "to": to,
+            "text": text,
+            "ts": now_iso(),
+        }
+        if cmid is not None:
+            msg["client_msg_id"] = cmid
+        try:
+            commit = self.history.append({"op": "message", "message": msg})
+        except StorageUnavailable as exc:
+            log.error("send_message refused: %s", exc)
+            raise ChatError("storage_unavailable", "the server cannot save messages right now")
+        self._next_id += 1
+        self._index(msg)
+        event = {"type": "message", "message": msg}
+        size = encoded_size(event)
+        self._emit(sender, event, size=size)
+        self._emit(to, event, size=size)
+        self._maybe_compact()
+        return self._after_commit(commit, base, {"message": msg})
+
+    def _after_commit(self, commit: asyncio.Future[None] | None, base: dict, fields: dict):
+        if commit is None:
+            return fields
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[None]) -> None:
+            if f.exception() is not None:
+                reply.set_result(
+                    {
+                        **base,
+                        "ok": False,
+                        "error": "storage_unavailable",
+                        "message": "the server could not confirm the write",
+                    }
+                )
+            else:
+                reply.set_result({**base, "ok": True, **fields})
+
+        commit.add_done_callback(done)
+        return reply
+
+    def _maybe_compact(self) -> None:
+        if self.history.needs_compaction():
+            self.history.compact_in_background(self.snapshot)
+
+    def _history(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        peer = self._peer(session, req, "with")
+        before = get_int(req, "before", required=False)
+        limit = get_int(req, "limit", required=False, lo=1, hi=HISTORY_MAX_LIMIT)
+        limit = HISTORY_DEFAULT_LIMIT if limit is None else limit
+        conv = self._convs.get(self._key(session.username, peer))  # type: ignore[arg-type]
+        if conv is None:
+            return {"messages": [], "has_more": False}
+        end = len(conv.ids) if before is None else bisect_left(conv.ids, before)
+        start = max(0, end - limit)
+        budget = self.max_frame_bytes - REPLY_OVERHEAD
+        # Newest first while measuring, so a cut drops the oldest of the page.
+        k = end
+        while k > start:
+            size = encoded_size(conv.messages[k - 1]) + 1
+            if size > budget and k < end:
+                break
+            budget -= size
+            k -= 1
+        return {"messages": conv.messages[k:end], "has_more": k > 0}
+
+    @staticmethod
+    def _key(a: str, b: str) -> tuple[str, str]:
+        return (a, b) if a < b else (b, a)
+
+    def _read(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+        user: str = session.username  # type: ignore[assignment]
+        peer = self._peer(session, req, "with")
+        up_to = get_int(req, "up_to", lo=0)
+        conv = self._convs.get(self._key(user, peer))
+        newest = conv.ids[-1] if conv else 0
+        peers = self._markers.setdefault(user, {})
+        old = peers.get(peer, 0)
+        new = max(old, min(up_to, newest))
+        if new != old:
+            try:
+                commit = self.history.append(
+                    {"op": "read", "user": user, "with": peer, "up_to": new}
+                )
+            except StorageUnavailable as exc:
+                log.error("read refused: %s", exc)
+                raise ChatError("storage_unavailable", "the server cannot save read markers now")
+            peers[peer] = new
+            self._emit(user, {"type": "read", "with": peer, "up_to": new}, skip=session.id)
+            return self._after_commit(commit, base, {"up_to": new})
+        return {"up_to": new}
+
+    # -- polling ----------------------------------------------------------------------
+    def _poll(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
+        cursor = get_int(req, "cursor", required=False, lo=0)
+        wait_ms = get_int(req, "wait_ms", required=False, lo=0, hi=MAX_WAIT_MS) or 0
+        if session.held is not None:
+            # A newer poll on this connection ends the held one (its events so far: none).
+            held_base, timer = session.held
+            timer.cancel()
+            session.held = None
+            session.send({**held_base, "ok": True, "cursor": session.cursor, "events": []})
+        if cursor is None:
+            cursor = session.cursor
+        reply = self._collect(session, cursor)
+        if reply is None:
+            reply = {"cursor": self.cursor(), "events": [], "reset": True}
+        elif not reply["events"] and wait_ms > 0:
+            session.cursor = cursor
+            timer = asyncio.get_running_loop().call_later(
+                wait_ms / 1000, self._held_timeout, session
+            )
+            session.held = (base, timer)
+            return None
+        session.cursor = reply["cursor"]
+        return reply
+
+    def _collect(self, session: Session, cursor: int) -> dict[str, Any] | None:
+        """Events after ``cursor`` (None if the cursor is unknown or too old)."""
+        seq = cursor & SEQ_MASK
+        if cursor >> SEQ_BITS != self.boot or seq > self._seq:
+            return None
+        ulog = self._logs[session.username]  # type: ignore[index]
+        if seq < ulog.trimmed:
+            return None
+        events, last = ulog.after(
+            seq, session.id, MAX_POLL_EVENTS, self.max_frame_bytes - REPLY_OVERHEAD
+        )
+        if not events:
+            last = self._seq  # nothing for us up to now: skip ahead
+        return {"cursor": (self.boot << SEQ_BITS) | last, "events": events}
+
+    def _answer_held(self, session: Session) -> None:
+        base, timer = session.held  # type: ignore[misc]
+        reply = self._collect(session, session.cursor)
+        if reply is not None and not reply["events"]:
+            return
+        timer.cancel()
+        session.held = None
+        if reply is None:
+            reply = {"cursor": self.cursor(), "events": [], "reset": True}
+        session.cursor = reply["cursor"]
+        session.send({**base, "ok": True, **reply})
+
+    def _held_timeout(self, session: Session) -> None:
+        if session.held is None:
+            return
+        base, _ = session.held
+        session.held = None
+        if session.cursor >> SEQ_BITS == self.boot:
+            # Held polls are answered as soon as an event arrives, so nothing
+            # between the held cursor and now is for this session.
+            session.cursor = self.cursor()
+        session.send({**base, "ok": True, "cursor": session.cursor, "events": []})
+
+    _handlers: dict[str, Callable[..., Any]] = {
+        "login": _login,
+        "resume": _resume,
+        "exit": _exit,
+        "ping": _ping,
+        "users": _users,
+        "send_message": _send_message,
+        "history": _history,
+        "read": _read,
+        "poll": _poll,
+    }
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def close(self) -> None:
+        """Clean shutdown: compact into history.json and close the journal."""
+        try:
+            self.history.compact_now(self.snapshot())
+        finally:
+            self.history.close()

@@ -1,0 +1,402 @@
+"""The TCP server: a thin asyncio adapter between sockets and ``ChatService``.
+
+One thread, one event loop. Each connection owns a :class:`FrameDecoder` and
+a :class:`Session`; every complete packet goes to ``ChatService.handle`` and
+the reply is written back in request order (a held ``poll`` answers when it
+ends). One connection's bad input, slowness or crash never touches another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .chat import SEND_BURST, SEND_RATE, ChatService, Session
+from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
+from .storage_files import StoreError
+from .store import MIN_COMPACT_BYTES, HistoryStore
+from .tokens import TokenStore
+from .users import UserStore
+
+log = logging.getLogger("legacy_socket_server")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: A packet left incomplete this long is a stalled or hostile peer.
+PARTIAL_TIMEOUT = 30.0
+#: Replies queued for a peer that does not read; past this it is dropped
+#: rather than letting it hold our memory (several full-size frames fit).
+MAX_OUTPUT_BUFFER = 8 * 1024 * 1024
+#: Enough for thousands of desktop clients and browser sessions, and far
+#: below what the file-descriptor limit is raised to.
+DEFAULT_MAX_CONNECTIONS = 10_000
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5050
+    data_dir: Path = field(default_factory=lambda: REPO_ROOT)
+    fsync: str = "everysec"
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    partial_timeout: float = PARTIAL_TIMEOUT
+    max_output_buffer: int = MAX_OUTPUT_BUFFER
+    min_compact_bytes: int = MIN_COMPACT_BYTES
+    demo_users: bool = True
+    send_burst: float = SEND_BURST
+    send_rate: float = SEND_RATE
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: CoreServer) -> None:
+        self.server = server
+        self.service = server.service
+        self.decoder = FrameDecoder(server.config.max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self._pending: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
+        self._partial_timer: asyncio.TimerHandle | None = None
+        self._closing = False
+
+    # -- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if len(self.server.connections) >= self.server.config.max_connections:
+            log.warning(
+                "refusing %s: at the %d-connection limit", peer, self.server.config.max_connections
+            )
+            self._write(
+                {
+                    "purpose": "error",
+                    "ok": False,
+                    "error": "server_busy",
+                    "message": "the server is at its connection limit; try again later",
+                }
+            )
+            self._closing = True
+            self.transport.close()
+            return
+        self.server.connections.add(self)
+        self.session = Session(self._send_now, peer=f"{peer[0]}:{peer[1]}" if peer else "")
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self.session is None:
+            return
+        for item in self.decoder.feed(data):
+            if isinstance(item, ProtocolError):
+                self._deliver(item.to_reply())
+                if item.fatal:
+                    log.info("closing %s: %s", self.session.peer, item.message)
+                    self._close_after_flush()
+                    return
+                continue
+            try:
+                result = self.service.handle(self.session, item)
+            except Exception:
+                log.exception("error handling %r from %s", item.get("purpose"), self.session.peer)
+                result = {
+                    "purpose": item.get("purpose"),
+                    "ok": False,
+                    "error": "internal_error",
+                    "message": "the server failed on this request; it was not applied",
+                }
+            if result is not None:
+                self._deliver(result)
+            if self.session.closed:  # exit: reply, then close
+                self._close_after_flush()
+                return
+        self._watch_partial()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self._partial_timer is not None:
+            self._partial_timer.cancel()
+        for fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
+        if self.session is not None:
+            self.service.disconnect(self.session)
+        self.transport = None
+
+    # -- writing, in request order ------------------------------------------------------
+    def _deliver(self, result: dict[str, Any] | asyncio.Future[dict[str, Any]]) -> None:
+        if isinstance(result, dict):
+            if not self._pending:
+                self._write(result)
+                return
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            fut.set_result(result)
+            result = fut
+        self._pending.append(result)
+        result.add_done_callback(self._flush)
+
+    def _flush(self, _: object = None) -> None:
+        while self._pending and self._pending[0].done():
+            fut = self._pending.popleft()
+            if not fut.cancelled():
+                self._write(fut.result())
+        if self._closing and not self._pending and self.transport is not None:
+            self.transport.close()
+
+    def _send_now(self, reply: dict[str, Any]) -> None:
+        # Held polls are answered out of order by design (PROTOCOL.md section 2).
+        self._write(reply)
+
+    def _write(self, reply: dict[str, Any]) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        try:
+            data = encode(reply, self.server.config.max_frame_bytes)
+        except ValueError as exc:
+            log.error("reply to %s not sendable: %s", reply.get("purpose"), exc)
+            data = encode(
+                {
+                    "purpose": reply.get("purpose"),
+                    "id": reply.get("id"),
+                    "ok": False,
+                    "error": "internal_error",
+                    "message": "reply too large",
+                }
+            )
+        t.write(data)
+        if t.get_write_buffer_size() > self.server.config.max_output_buffer:
+            log.warning(
+                "dropping %s: it does not read its replies",
+                self.session.peer if self.session else "?",
+            )
+            t.abort()
+
+    def _close_after_flush(self) -> None:
+        self._closing = True
+        if not self._pending and self.transport is not None:
+            self.transport.close()
+
+    def _watch_partial(self) -> None:
+        if self.decoder.pending and self._partial_timer is None:
+            self._partial_timer = asyncio.get_running_loop().call_later(
+                self.server.config.partial_timeout, self._partial_expired
+            )
+        elif not self.decoder.pending and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+
+    def _partial_expired(self) -> None:
+        self._partial_timer = None
+        secs = self.server.config.partial_timeout
+        self._deliver(
+            {
+                "purpose": "error",
+                "ok": False,
+                "error": "bad_frame",
+                "message": f"incomplete packet for {secs:g} s; closing",
+            }
+        )
+        self._close_after_flush()
+
+
+class CoreServer:
+    """The running core: ``await CoreServer.start(config)``, then ``await stop()``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        data_dir = Path(config.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.service = ChatService(
+            UserStore(data_dir, create_demo=config.demo_users),
+            HistoryStore(data_dir, fsync=config.fsync, min_compact_bytes=config.min_compact_bytes),
+            TokenStore(data_dir, fsync=config.fsync == "always"),
+            max_frame_bytes=config.max_frame_bytes,
+            send_burst=config.send_burst,
+            send_rate=config.send_rate,
+        )
+        self.connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.port = config.port
+
+    @classmethod
+    async def start(cls, config: ServerConfig) -> CoreServer:
+        self = cls(config)
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: Connection(self), config.host, config.port, backlog=4096
+            )
+        except OSError:
+            self.service.history.close()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "chat core listening on %s:%d (data in %s, fsync %s)",
+            config.host,
+            self.port,
+            Path(config.data_dir).resolve(),
+            config.fsync,
+        )
+        return self
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, close clients, compact history.json."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        await asyncio.sleep(0)  # let connection_lost run for each
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        self.service.close()
+        log.info("chat core stopped; history compacted")
+
+
+def _raise_fd_limit() -> None:
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python server.py",
+        description="The chat core server (framed TCP). Every flag has an env fallback.",
+    )
+    p.add_argument(
+        "--host",
+        default=_env("CHAT_HOST", "127.0.0.1"),
+        help="address to listen on (env CHAT_HOST; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("CHAT_PORT", "5050")),
+        help="TCP port, 0 for any free one (env CHAT_PORT; default 5050)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(_env("CHAT_DATA_DIR", str(REPO_ROOT))),
+        help="users.json, history.json and journal (env CHAT_DATA_DIR; default the repo root)",
+    )
+    p.add_argument(
+        "--fsync",
+        choices=["always", "everysec"],
+        default=_env("CHAT_FSYNC", "everysec"),
+        help="journal flush policy (env CHAT_FSYNC; default everysec)",
+    )
+    p.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=int(_env("CHAT_MAX_FRAME_BYTES", str(DEFAULT_MAX_FRAME_BYTES))),
+        help="largest packet DATA (env CHAT_MAX_FRAME_BYTES; default 1 MiB)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("CHAT_MAX_CONNECTIONS", str(DEFAULT_MAX_CONNECTIONS))),
+        help="connection cap; excess gets server_busy (env CHAT_MAX_CONNECTIONS)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("CHAT_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING or ERROR (env CHAT_LOG_LEVEL; default INFO)",
+    )
+    p.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="send one ping to --host:--port and exit 0 if it answers (docker)",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        fsync=args.fsync,
+        max_frame_bytes=args.max_frame_bytes,
+        max_connections=args.max_connections,
+        demo_users=_env("CHAT_DEMO_USERS", "1") != "0",
+    )
+
+
+async def serve(config: ServerConfig) -> None:
+    server = await CoreServer.start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+
+
+async def healthcheck(host: str, port: int) -> int:
+    from .client import CoreClient, CoreUnavailable
+
+    try:
+        client = await CoreClient.connect(
+            "127.0.0.1" if host == "0.0.0.0" else host, port, timeout=3
+        )
+        reply = await client.request("ping", timeout=3)
+        await client.close()
+    except CoreUnavailable as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    return 0 if reply.get("ok") else 1
+
+
+def run(coro: Any) -> Any:
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.healthcheck:
+        return run(healthcheck(args.host, args.port))
+    _raise_fd_limit()
+    try:
+        run(serve(config_from_args(args)))
+    except StoreError as exc:
+        log.error("refusing to start: %s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,370 @@
+"""Durable chat history: ``history.json`` snapshot + append-only journal.
+
+The shape of Redis' append-only file (ARCHITECTURE.md principle 4):
+
+* Every acknowledged change (a message, a read marker) is one JSON line
+  appended to ``history.journal`` *before* the reply is sent, so it survives
+  ``kill -9`` (the bytes are in the OS). ``fsync="everysec"`` (default) flushes
+  to the disk once a second; ``fsync="always"`` flushes before the reply, one
+  ``fsync`` per event-loop iteration shared by every pending append (group
+  commit), so it also survives power loss.
+* Appending is O(1) whatever the history size.
+* Compaction writes the whole state as a readable ``history.json`` (temp file,
+  fsync, rename). It runs in a forked child (Redis' BGREWRITEAOF) so the event
+  loop never stalls on a large history: the parent renames the journal to a
+  segment ``history.journal.<n>``, starts a fresh journal, forks; the child
+  writes the snapshot from its copy-on-write view of memory; the parent
+  deletes the segments once the child succeeds. A clean shutdown compacts in
+  process and leaves an empty journal.
+* Loading replays the snapshot, then the segments, then the journal. Replay is
+  idempotent (messages with an id already loaded are skipped, read markers only
+  move forward), so a crash at any point of a compaction loses nothing. A torn
+  last line is dropped with a warning; a bad line anywhere else refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .storage_files import StorageUnavailable, StoreError, fsync_dir, load_json_file
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.json"
+JOURNAL_FILE = "history.journal"
+FORMAT_VERSION = 1
+
+#: Compact once the journal exceeds the snapshot's size (Redis'
+#: auto-aof-rewrite-percentage 100), and never for less than this, so the
+#: total cost of compaction stays proportional to what was appended.
+MIN_COMPACT_BYTES = 16 * 1024 * 1024
+FSYNC_MODES = ("always", "everysec")
+FSYNC_INTERVAL = 1.0
+
+
+@dataclass
+class HistoryState:
+    """What the store hands the chat service at startup."""
+
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    markers: dict[str, dict[str, int]] = field(default_factory=dict)
+    next_id: int = 1
+    boot: int = 1
+
+
+def _snapshot_chunks(state: HistoryState) -> Iterator[str]:
+    # One message per line: readable, diffable, and streamed rather than
+    # built as one giant string.
+    yield '{"version": %d, "next_id": %d, "boot": %d,\n' % (
+        FORMAT_VERSION,
+        state.next_id,
+        state.boot,
+    )
+    yield ' "read_markers": %s,\n "messages": [' % json.dumps(state.markers, ensure_ascii=False)
+    sep = "\n  "
+    for msg in state.messages:
+        yield sep
+        yield json.dumps(msg, ensure_ascii=False)
+        sep = ",\n  "
+    yield "\n ]}\n"
+
+
+def write_snapshot(path: Path, state: HistoryState) -> int:
+    """Write ``state`` to ``path`` atomically; return its size in bytes."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        buf: list[str] = []
+        for chunk in _snapshot_chunks(state):
+            buf.append(chunk)
+            if len(buf) >= 4096:
+                f.write("".join(buf))
+                buf.clear()
+        f.write("".join(buf))
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return size
+
+
+class HistoryStore:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        fsync: str = "everysec",
+        min_compact_bytes: int = MIN_COMPACT_BYTES,
+    ) -> None:
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync must be one of {FSYNC_MODES}")
+        self.dir = Path(data_dir)
+        self.snapshot_path = self.dir / HISTORY_FILE
+        self.journal_path = self.dir / JOURNAL_FILE
+        self.fsync_mode = fsync
+        self.min_compact_bytes = min_compact_bytes
+        self._fd: int | None = None
+        self._size = 0  # bytes in the active journal
+        self._snapshot_size = 0
+        self._dirty = False
+        self._fsync_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._commit_waiters: list[asyncio.Future[None]] = []
+        self._child: tuple[int, list[Path]] | None = None
+        self._next_segment = 0
+
+    # -- loading ------------------------------------------------------------
+    def _segments(self) -> list[Path]:
+        segs = []
+        for p in self.dir.glob(JOURNAL_FILE + ".*"):
+            suffix = p.name.rsplit(".", 1)[1]
+            if suffix.isdigit():
+                segs.append((int(suffix), p))
+        return [p for _, p in sorted(segs)]
+
+    def load(self) -> HistoryState:
+        """Read snapshot + journal; open the journal for appending."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = HistoryState()
+        if self.snapshot_path.exists():
+            raw = load_json_file(self.snapshot_path)
+            self._check_snapshot(raw)
+            state.messages = raw["messages"]
+            state.markers = raw.get("read_markers", {})
+            state.next_id = int(raw.get("next_id", 1))
+            state.boot = int(raw.get("boot", 0)) + 1  # replay may raise it further
+            self._snapshot_size = self.snapshot_path.stat().st_size
+        last_id = state.messages[-1]["id"] if state.messages else 0
+        segments = self._segments()
+        self._next_segment = int(segments[-1].name.rsplit(".", 1)[1]) + 1 if segments else 1
+        for path in [*segments, self.journal_path]:
+            last_id = self._replay(path, state, last_id, active=path == self.journal_path)
+        state.next_id = max(state.next_id, last_id + 1)
+        self._open_journal()
+        # Cursors embed the boot number so they never repeat across restarts;
+        # record it now, since the snapshot is only rewritten at compaction.
+        self._write_line({"op": "boot", "boot": state.boot})
+        self.sync()
+        return state
+
+    def _check_snapshot(self, raw: Any) -> None:
+        where = f"{self.snapshot_path}"
+        if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
+            raise StoreError(
+                f"{where} line 1: expected an object with a 'messages' list — fix or restore "
+                "the file; it was not modified"
+            )
+        prev = 0
+        for i, m in enumerate(raw["messages"]):
+            if not isinstance(m, dict) or not isinstance(m.get("id"), int) or m["id"] <= prev:
+                raise StoreError(
+                    f"{where}: message #{i + 1} (line {i + 4}) is not a message with an "
+                    "increasing integer id — fix or restore the file; it was not modified"
+                )
+            prev = m["id"]
+
+    def _replay(self, path: Path, state: HistoryState, last_id: int, *, active: bool) -> int:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return last_id
+        complete = data.endswith(b"\n")
+        lines = data.split(b"\n")
+        if complete:
+            lines.pop()
+        offset = 0
+        for lineno, line in enumerate(lines, 1):
+            last = lineno == len(lines)
+            try:
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                if last:
+                    log.warning(
+                        "%s line %d: dropped a torn last record (%d bytes) left by a crash",
+                        path,
+                        lineno,
+                        len(line),
+                    )
+                    if active:
+                        with open(path, "r+b") as f:
+                            f.truncate(offset)
+                    break
+                raise StoreError(
+                    f"{path} line {lineno}: {exc} — fix or restore the file; it was not modified"
+                ) from None
+            offset += len(line) + 1
+            if last and not complete and active:
+                with open(path, "ab") as f:  # a whole record missing only its newline
+                    f.write(b"\n")
+            op = rec.get("op")
+            if op == "message":
+                msg = rec["message"]
+                if msg["id"] > last_id:
+                    state.messages.append(msg)
+                    last_id = msg["id"]
+            elif op == "read":
+                peers = state.markers.setdefault(rec["user"], {})
+                peers[rec["with"]] = max(peers.get(rec["with"], 0), rec["up_to"])
+            elif op == "boot":
+                state.boot = max(state.boot, rec["boot"] + 1)
+        return last_id
+
+    def _open_journal(self) -> None:
+        self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    # -- appending ----------------------------------------------------------
+    def append(self, record: dict[str, Any]) -> asyncio.Future[None] | None:
+        """Write one record to the journal before the caller replies.
+
+        Raises :class:`StorageUnavailable` if the disk refuses it (nothing is
+        kept). In ``always`` mode returns a future that completes after the
+        group ``fsync``; the caller replies when it is done.
+        """
+        self._write_line(record)
+        loop = asyncio.get_running_loop()
+        if self.fsync_mode == "always":
+            fut = loop.create_future()
+            self._commit_waiters.append(fut)
+            if self._fsync_handle is None:
+                self._fsync_handle = loop.call_soon(self._group_commit)
+            return fut
+        if self._fsync_handle is None:
+            self._fsync_handle = loop.call_later(FSYNC_INTERVAL, self._periodic_fsync)
+        return None
+
+    def _write_line(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        if self._fd is None:
+            raise StorageUnavailable("history journal is not open")
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(28, "short write")
+        except OSError as exc:
+            # Cut off any partial line so the next record starts clean.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise StorageUnavailable(f"cannot write the history journal: {exc}") from None
+        self._size += written
+        self._dirty = True
+
+    def _group_commit(self) -> None:
+        self._fsync_handle = None
+        waiters, self._commit_waiters = self._commit_waiters, []
+        try:
+            self.sync()
+        except OSError as exc:
+            err = StorageUnavailable(f"cannot fsync the history journal: {exc}")
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(err)
+            return
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    def _periodic_fsync(self) -> None:
+        self._fsync_handle = None
+        try:
+            self.sync()
+        except OSError as exc:
+            log.error("fsync of the history journal failed: %s", exc)
+
+    def sync(self) -> None:
+        if self._dirty and self._fd is not None:
+            self._dirty = False
+            os.fsync(self._fd)
+
+    # -- compaction ---------------------------------------------------------
+    def needs_compaction(self) -> bool:
+        return self._child is None and self._size > max(self.min_compact_bytes, self._snapshot_size)
+
+    def compact_in_background(self, snapshot: Callable[[], HistoryState]) -> bool:
+        """Fork a child that writes the snapshot; False if one is running."""
+        if self._child is not None or self._fd is None:
+            return False
+        if not hasattr(os, "fork"):
+            self.compact_now(snapshot())
+            return True
+        self.sync()
+        os.close(self._fd)
+        self._fd = None
+        seg = self.journal_path.with_name(f"{JOURNAL_FILE}.{self._next_segment}")
+        self._next_segment += 1
+        os.rename(self.journal_path, seg)
+        self._open_journal()
+        fsync_dir(self.dir)
+        covered = self._segments()
+        pid = os.fork()
+        if pid == 0:  # child: write and leave without touching the parent's loop
+            code = 1
+            try:
+                write_snapshot(self.snapshot_path, snapshot())
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - report, then _exit
+                os.write(2, f"compaction failed: {exc}\n".encode())
+            finally:
+                os._exit(code)
+        self._child = (pid, covered)
+        log.info("compacting history in child process %d", pid)
+        asyncio.get_running_loop().call_later(0.05, self._reap_child)
+        return True
+
+    def _reap_child(self) -> None:
+        if self._child is None:
+            return
+        pid, covered = self._child
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 1
+        if done == 0:
+            asyncio.get_running_loop().call_later(0.05, self._reap_child)
+            return
+        self._child = None
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("history compaction failed; journal segments kept, will retry")
+            return
+        for seg in covered:
+            seg.unlink(missing_ok=True)
+        self._snapshot_size = self.snapshot_path.stat().st_size
+        log.info("history compacted (%d bytes)", self._snapshot_size)
+
+    def compact_now(self, state: HistoryState) -> None:
+        """Synchronous compaction (clean shutdown): snapshot, then empty journal."""
+        if self._child is not None:
+            pid, _ = self._child
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self._child = None
+        self._snapshot_size = write_snapshot(self.snapshot_path, state)
+        for seg in self._segments():
+            seg.unlink(missing_ok=True)
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.fsync(self._fd)
+            self._size = 0
+
+    def close(self) -> None:
+        if self._fsync_handle is not None:
+            self._fsync_handle.cancel()
+            self._fsync_handle = None
+        if self._fd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)
+                self._fd = None

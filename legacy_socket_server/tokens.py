@@ -1,0 +1,88 @@
+"""Resume tokens, kept hashed in ``tokens.json`` in the data directory.
+
+A token lets a new connection of the same user ``resume`` without the
+password (the desktop client and the gateway use it to reconnect, also after
+a restart). Only SHA-256 digests are stored, so a copy of the file cannot be
+replayed. A token ends on ``exit``, when the password changes (each record
+keeps a fingerprint of the password hash it was issued under) and after
+:data:`TOKEN_TTL` unused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from pathlib import Path
+
+from .storage_files import StoreError, atomic_write, load_json_file
+
+log = logging.getLogger(__name__)
+
+TOKENS_FILE = "tokens.json"
+#: Tokens unused for a week end: long enough for a laptop closed over a weekend.
+TOKEN_TTL = 7 * 24 * 3600.0
+#: 32 random bytes: 256 bits, far past the protocol's 128-bit floor.
+TOKEN_BYTES = 32
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TokenStore:
+    def __init__(self, data_dir: Path, *, fsync: bool = False) -> None:
+        self.path = Path(data_dir) / TOKENS_FILE
+        self._fsync = fsync
+        # digest -> {"user": name, "pw": fingerprint, "used": unix time}
+        self._records: dict[str, dict[str, object]] = {}
+        if self.path.exists():
+            raw = load_json_file(self.path)
+            if not isinstance(raw, dict):
+                raise StoreError(f"{self.path} line 1: expected an object — fix or delete it")
+            self._records = raw
+        self._expire(time.time())
+
+    def _expire(self, now: float) -> bool:
+        old = [d for d, r in self._records.items() if now - float(r.get("used", 0)) > TOKEN_TTL]  # type: ignore[arg-type]
+        for d in old:
+            del self._records[d]
+        return bool(old)
+
+    def _save(self) -> None:
+        try:
+            atomic_write(self.path, json.dumps(self._records).encode(), fsync=self._fsync)
+        except OSError as exc:
+            # Tokens are a convenience: if they cannot be saved, resume after a
+            # restart fails and the user logs in again. Chat keeps working.
+            log.error("cannot save %s: %s", self.path, exc)
+
+    def issue(self, username: str, pw_fingerprint: str) -> str:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        now = time.time()
+        self._expire(now)
+        self._records[_digest(token)] = {"user": username, "pw": pw_fingerprint, "used": now}
+        self._save()
+        return token
+
+    def check(self, token: str, current_fingerprint: object) -> str | None:
+        """Return the token's user if it is still valid (and mark it used)."""
+        digest = _digest(token)
+        rec = self._records.get(digest)
+        now = time.time()
+        if rec is None:
+            return None
+        user = str(rec["user"])
+        if now - float(rec["used"]) > TOKEN_TTL or rec["pw"] != current_fingerprint(user):  # type: ignore[operator,arg-type]
+            del self._records[digest]
+            self._save()
+            return None
+        rec["used"] = now
+        self._save()
+        return user
+
+    def revoke(self, token: str) -> None:
+        if self._records.pop(_digest(token), None) is not None:
+            self._save()
