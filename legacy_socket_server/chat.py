@@ -79,6 +79,15 @@ class ChatError(Exception):
         self.message = message
 
 
+def _encodable(text: str) -> bool:
+    # JSON lets a lone surrogate ("\ud800") through; it could never be echoed back.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -200,7 +209,7 @@ class ChatService:
             if (
                 isinstance(rid, bool)
                 or not isinstance(rid, (int, str))
-                or (isinstance(rid, str) and len(rid) > 64)
+                or (isinstance(rid, str) and (len(rid) > 64 or not _encodable(rid)))
             ):
                 return {
                     **base,

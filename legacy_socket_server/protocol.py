@@ -81,8 +81,15 @@ def decode_data(data: bytes) -> dict[str, Any]:
         raise ProtocolError("bad_request", f"packet is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_request", "packet must be a JSON object")
-    if not isinstance(obj.get("purpose"), str):
+    purpose = obj.get("purpose")
+    if not isinstance(purpose, str):
         raise ProtocolError("bad_request", "packet needs a string 'purpose'")
+    if not purpose.isascii():
+        # Every reply echoes the purpose; one JSON accepted as "\ud800" could not be sent back.
+        try:
+            purpose.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError("bad_request", "'purpose' contains a lone surrogate") from None
     return obj
 
 
