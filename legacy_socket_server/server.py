@@ -91,7 +91,8 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self.session is None:
             return
-        for item in self.decoder.feed(data):
+        items = self.decoder.feed(data)
+        for item in items:
             if isinstance(item, ProtocolError):
                 self._deliver(item.to_reply())
                 if item.fatal:
@@ -114,7 +115,7 @@ class Connection(asyncio.Protocol):
             if self.session.closed:  # exit: reply, then close
                 self._close_after_flush()
                 return
-        self._watch_partial()
+        self._watch_partial(completed=bool(items))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -181,7 +182,13 @@ class Connection(asyncio.Protocol):
         if not self._pending and self.transport is not None:
             self.transport.close()
 
-    def _watch_partial(self) -> None:
+    def _watch_partial(self, completed: bool) -> None:
+        # The clock runs from the start of the packet now pending: a packet
+        # that completed restarts it, so a busy stream whose reads always end
+        # mid-packet is not mistaken for a stalled one.
+        if completed and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
         if self.decoder.pending and self._partial_timer is None:
             self._partial_timer = asyncio.get_running_loop().call_later(
                 self.server.config.partial_timeout, self._partial_expired

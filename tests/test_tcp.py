@@ -1,0 +1,366 @@
+"""The core end to end over real TCP, driven by a black-box client speaking raw bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_helpers import RawClient, async_wait_for, gather_limited, seed_users
+
+from legacy_socket_server.protocol import encode
+from legacy_socket_server.server import CoreServer, ServerConfig
+
+StartCore = Callable[..., Awaitable[CoreServer]]
+
+
+@pytest.fixture
+async def start_core(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[StartCore]:
+    """Start an in-process core on port 0 (ServerConfig overrides as keywords)."""
+    servers: list[CoreServer] = []
+
+    async def start(**overrides: Any) -> CoreServer:
+        data = tmp_path / f"data{len(servers)}"
+        seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+        server = await CoreServer.start(ServerConfig(port=0, data_dir=data, **overrides))
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        await s.stop()
+
+
+@pytest.fixture
+async def core(start_core: StartCore) -> CoreServer:
+    return await start_core()
+
+
+async def connect(server: CoreServer) -> RawClient:
+    return await RawClient.connect("127.0.0.1", server.port)
+
+
+# -- basic flows ---------------------------------------------------------------------------
+
+
+async def test_chat_end_to_end(core: CoreServer) -> None:
+    alice, bob = await connect(core), await connect(core)
+    la = await alice.login("Alice")
+    assert la["users"] == [
+        {"username": "Bob", "online": False, "unread": 0},
+        {"username": "Charlie", "online": False, "unread": 0},
+    ]
+    await bob.login("Bob")
+    ev = await alice.call("poll", cursor=la["cursor"])
+    assert ev["events"] == [{"type": "presence", "username": "Bob", "online": True}]
+    # Alice holds a poll; Bob's message wakes it within milliseconds.
+    await alice.send({"purpose": "poll", "id": "held", "wait_ms": 10_000})
+    t0 = time.monotonic()
+    sent = (await bob.call("send_message", to="Alice", text="hi Alice ☕"))["message"]
+    woke = await alice.recv_match(lambda m: m.get("id") == "held", timeout=5)
+    assert time.monotonic() - t0 < 1
+    assert woke["ok"] and woke["events"] == [{"type": "message", "message": sent}]
+    users = (await alice.call("users"))["users"]
+    assert users[0] == {"username": "Bob", "online": True, "unread": 1}
+    hist = await alice.call("history", **{"with": "Bob"})
+    assert hist["messages"] == [sent] and hist["has_more"] is False
+    await alice.call("read", **{"with": "Bob"}, up_to=sent["id"])
+    assert (await alice.call("users"))["users"][0]["unread"] == 0
+    err = await bob.request("send_message", to="Bob", text="me")
+    assert err["ok"] is False and err["error"] == "unknown_user"
+    await alice.send({"purpose": "exit", "id": "bye"})
+    assert await alice.recv() == {"purpose": "exit", "id": "bye", "ok": True}
+    await alice.expect_closed()
+    poll = await bob.call("poll")
+    assert {"type": "presence", "username": "Alice", "online": False} in poll["events"]
+    await bob.close()
+
+
+async def test_replies_echo_ids_in_request_order(core: CoreServer) -> None:
+    c = await connect(core)
+    ids: list[Any] = [1, "two", 3, "", 2**40, "x" * 64]
+    await c.send_raw(b"".join(encode({"purpose": "ping", "id": i}) for i in ids))
+    got = [await c.recv() for _ in ids]
+    assert got == [{"purpose": "ping", "id": i, "ok": True} for i in ids]
+    await c.send({"purpose": "users", "id": 7})
+    r = await c.recv()
+    assert (r["purpose"], r["id"], r["ok"], r["error"]) == ("users", 7, False, "not_logged_in")
+    await c.close()
+
+
+async def test_pipelined_requests_after_login(core: CoreServer) -> None:
+    c = await connect(core)
+    reqs = [
+        {"purpose": "login", "id": 1, "username": "Alice", "password": "123"},
+        {"purpose": "send_message", "id": 2, "to": "Bob", "text": "a"},
+        {"purpose": "send_message", "id": 3, "to": "Bob", "text": "b"},
+        {"purpose": "history", "id": 4, "with": "Bob"},
+        {"purpose": "nope", "id": 5},
+    ]
+    await c.send_raw(b"".join(encode(r) for r in reqs))
+    got = [await c.recv() for _ in reqs]
+    assert [g["id"] for g in got] == [1, 2, 3, 4, 5]
+    assert [g["ok"] for g in got] == [True, True, True, True, False]
+    assert [m["text"] for m in got[3]["messages"]] == ["a", "b"]
+    assert got[4]["error"] == "unknown_purpose"
+    await c.close()
+
+
+async def test_ping_and_exit_before_login(core: CoreServer) -> None:
+    c = await connect(core)
+    assert await c.request("ping") == {"purpose": "ping", "id": 1, "ok": True}
+    r = await c.request("send_message", to="Bob", text="x")
+    assert r["error"] == "not_logged_in" and r["id"] == 2
+    assert await c.request("exit") == {"purpose": "exit", "id": 3, "ok": True}
+    await c.expect_closed()
+
+
+async def test_bad_frame_closes(core: CoreServer) -> None:
+    for junk in [b"GET / HTTP/1.1\r\n\r\n", b"$", b"$12345678", b"$5{}", b"$2{}X"]:
+        c = await connect(core)
+        await c.send_raw(encode({"purpose": "ping", "id": 1}) + junk)
+        if junk in (b"$", b"$5{}"):
+            # Incomplete, not yet an error: the connection waits for the rest.
+            assert await c.recv() == {"purpose": "ping", "id": 1, "ok": True}
+            await c.send_raw(b"x" * 10)
+        got = await c.expect_closed()
+        assert got[0] == {"purpose": "ping", "id": 1, "ok": True} or junk in (b"$", b"$5{}")
+        errs = [g for g in got if g.get("purpose") == "error"]
+        assert len(errs) == 1 and errs[0]["error"] == "bad_frame" and errs[0]["ok"] is False
+        assert errs[0]["message"]
+
+
+async def test_oversized_len_closes(start_core: StartCore) -> None:
+    core = await start_core(max_frame_bytes=1000)
+    c = await connect(core)
+    await c.send_raw(b"$1001{")
+    got = await c.expect_closed()
+    assert got[0]["error"] == "bad_frame" and "1000" in got[0]["message"]
+    c = await connect(core)
+    await c.login("Alice")
+    ids = [
+        (await c.call("send_message", to="Bob", text=f"{i}" + "x" * 300))["message"]["id"]
+        for i in range(5)
+    ]
+    # Replies never exceed the limit either: the history page is cut short.
+    await c.send({"purpose": "history", "id": 1, "with": "Bob"})
+    raw_len_seen = len(encode(await c.recv()))
+    assert raw_len_seen <= 1000 + 9
+    page = await c.call("history", **{"with": "Bob"})
+    assert page["has_more"] is True
+    assert [m["id"] for m in page["messages"]] == ids[-len(page["messages"]) :]
+    await c.send({"purpose": "send_message", "id": 2, "to": "Bob", "text": "é" * 600})
+    got = await c.expect_closed()
+    assert got[-1]["error"] == "bad_frame"
+
+
+async def test_bad_request_keeps_connection(core: CoreServer) -> None:
+    c = await connect(core)
+    bodies = [
+        b"not json",
+        b"[1,2]",
+        b'{"purpose":5}',
+        b'{"purpose":"ping","x":NaN}',
+        b'{"purpose":"\xff"}',
+        b'{"purpose":"\\ud800"}',
+        b'{"purpose":"ping","id":"\\udc00"}',
+        b'{"purpose":"ping","id":1.5}',
+        b'{"purpose":"p","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ]
+    for body in bodies:
+        await c.send_raw(b"$%d%s$" % (len(body), body))
+        r = await c.recv()
+        assert r["ok"] is False and r["error"] == "bad_request", (body[:40], r)
+        assert "id" not in r
+    assert await c.request("ping") == {"purpose": "ping", "id": 1, "ok": True}
+    await c.close()
+
+
+async def test_lone_surrogate_text_is_bad_request(core: CoreServer) -> None:
+    c = await connect(core)
+    await c.login("Alice")
+    body = b'{"purpose":"send_message","id":9,"to":"Bob","text":"a\\ud800b"}'
+    await c.send_raw(b"$%d%s$" % (len(body), body))
+    r = await c.recv()
+    assert r["id"] == 9 and r["error"] == "bad_request"
+    assert (await c.call("history", **{"with": "Bob"}))["messages"] == []
+    await c.close()
+
+
+# -- timeouts and limits --------------------------------------------------------------------
+
+
+async def test_partial_packet_timeout(start_core: StartCore) -> None:
+    core = await start_core(partial_timeout=0.5)
+    c = await connect(core)
+    t0 = time.monotonic()
+    await c.send_raw(b'$30{"purpose":')
+    got = await c.expect_closed(timeout=5)
+    elapsed = time.monotonic() - t0
+    assert 0.4 < elapsed < 3
+    assert len(got) == 1 and got[0]["error"] == "bad_frame"
+    assert "0.5" in got[0]["message"]
+    # A connection that completes its packets in time is left alone.
+    ok = await connect(core)
+    packet = encode({"purpose": "ping", "id": 1})
+    await ok.send_raw(packet[:5])
+    await asyncio.sleep(0.2)
+    await ok.send_raw(packet[5:])
+    assert (await ok.recv())["ok"] is True
+    await asyncio.sleep(0.7)  # idle between packets is not a partial packet
+    assert await ok.request("ping") == {"purpose": "ping", "id": 1, "ok": True}
+    await ok.close()
+
+
+async def test_partial_timeout_counts_from_each_packet(start_core: StartCore) -> None:
+    # A steady stream where every write ends mid-packet: no single packet stays
+    # incomplete for long, so the connection must survive well past the timeout.
+    core = await start_core(partial_timeout=0.5)
+    c = await connect(core)
+    packets = [encode({"purpose": "ping", "id": i}) for i in range(16)]
+    stream = b"".join(packets)
+    step = len(packets[0]) + 3  # never aligned with a packet boundary
+    t0 = time.monotonic()
+    for k in range(0, len(stream), step):
+        await c.send_raw(stream[k : k + step])
+        await asyncio.sleep(0.1)
+    assert time.monotonic() - t0 > 1.0
+    got = [await c.recv(timeout=5) for _ in packets]
+    assert [g.get("id") for g in got] == list(range(16)), got
+    await c.close()
+
+
+async def test_server_busy_at_connection_limit(start_core: StartCore) -> None:
+    core = await start_core(max_connections=3)
+    conns = [await connect(core) for _ in range(3)]
+    for c in conns:
+        assert (await c.request("ping"))["ok"]
+    extra = await connect(core)
+    got = await extra.expect_closed()
+    assert got == [
+        {
+            "purpose": "error",
+            "ok": False,
+            "error": "server_busy",
+            "message": got[0]["message"],
+        }
+    ]
+    assert got[0]["message"]
+    # The others are untouched; a freed slot is usable again.
+    assert (await conns[0].request("ping"))["ok"]
+    await conns[0].close()
+    await async_wait_for(lambda: len(core.connections) == 2, 5, "the slot to free")
+    again = await connect(core)
+    assert (await again.request("ping"))["ok"]
+    for c in [*conns[1:], again]:
+        await c.close()
+
+
+async def test_second_poll_ends_the_first_over_tcp(core: CoreServer) -> None:
+    a, b = await connect(core), await connect(core)
+    await a.login("Alice")
+    await b.login("Bob")
+    await a.call("poll")
+    await a.send({"purpose": "poll", "id": "p1", "wait_ms": 20_000})
+    await a.send({"purpose": "ping", "id": "between"})
+    assert (await a.recv())["id"] == "between"  # a held poll does not block later replies
+    await a.send({"purpose": "poll", "id": "p2", "wait_ms": 20_000})
+    first = await a.recv(timeout=2)
+    assert first["id"] == "p1" and first["ok"] and first["events"] == []
+    m = (await b.call("send_message", to="Alice", text="x"))["message"]
+    second = await a.recv(timeout=5)
+    assert second["id"] == "p2" and second["events"] == [{"type": "message", "message": m}]
+    await a.close()
+    await b.close()
+
+
+async def test_disconnect_sets_offline(core: CoreServer) -> None:
+    a, b = await connect(core), await connect(core)
+    await b.login("Bob")
+    await a.login("Alice")
+    await b.call("poll")
+    await a.close()  # no exit: a dropped connection
+    r = await b.call("poll", wait_ms=5000)
+    assert r["events"] == [{"type": "presence", "username": "Alice", "online": False}]
+    await b.close()
+
+
+async def test_resume_over_tcp_after_drop(core: CoreServer) -> None:
+    a = await connect(core)
+    token = (await a.login("Alice"))["token"]
+    await a.close()
+    a2 = await connect(core)
+    r = await a2.call("resume", token=token)
+    assert r["username"] == "Alice" and r["token"] == token
+    await a2.request("exit")
+    await a2.expect_closed()
+    a3 = await connect(core)
+    assert (await a3.request("resume", token=token))["error"] == "invalid_token"
+    await a3.close()
+
+
+# -- many clients ---------------------------------------------------------------------------
+
+
+async def test_500_connections_polling_while_messages_flow(core_proc: Any) -> None:
+    host, port = core_proc.host, core_proc.port
+    names = ["Alice", "Bob", "Charlie"]
+    tokens = {}
+    for n in names:
+        c = await RawClient.connect(host, port)
+        tokens[n] = (await c.login(n))["token"]
+        await c.close()
+
+    async def open_session(k: int) -> tuple[str, RawClient, int]:
+        name = names[k % 3]
+        c = await RawClient.connect(host, port)
+        r = await c.call("resume", timeout=30, token=tokens[name])
+        return name, c, r["cursor"]
+
+    sessions = await gather_limited([open_session(k) for k in range(500)], limit=100)
+    senders = {n: (await open_session(i))[1] for i, n in enumerate(names)}
+    per_sender = 60
+    expected: dict[str, set[int]] = {n: set() for n in names}
+    got: list[list[int]] = [[] for _ in sessions]
+    done = asyncio.Event()
+
+    async def send_all(name: str) -> None:
+        c = senders[name]
+        others = [n for n in names if n != name]
+        for i in range(per_sender):
+            to = others[i % 2]
+            m = (await c.call("send_message", to=to, text=f"{name}->{to} {i}"))["message"]
+            expected[name].add(m["id"])
+            expected[to].add(m["id"])
+
+    async def poll_loop(idx: int, name: str, c: RawClient, cursor: int) -> None:
+        while True:
+            r = await c.call("poll", timeout=30, cursor=cursor, wait_ms=1000)
+            assert "reset" not in r
+            cursor = r["cursor"]
+            got[idx] += [e["message"]["id"] for e in r["events"] if e["type"] == "message"]
+            if done.is_set() and len(got[idx]) >= len(expected[name]):
+                return
+
+    t0 = time.monotonic()
+    pollers = [
+        asyncio.create_task(poll_loop(i, n, c, cur)) for i, (n, c, cur) in enumerate(sessions)
+    ]
+    await asyncio.gather(*(send_all(n) for n in names))
+    done.set()
+    await asyncio.wait_for(asyncio.gather(*pollers), 60)
+    assert sum(len(v) for v in expected.values()) == 2 * 3 * per_sender
+    for idx, (name, _, _) in enumerate(sessions):
+        assert len(got[idx]) == len(set(got[idx])), f"session {idx} got a duplicate"
+        assert set(got[idx]) == expected[name], f"session {idx} ({name}) lost messages"
+        assert got[idx] == sorted(got[idx])
+    assert time.monotonic() - t0 < 60
+    for _, c, _ in sessions:
+        await c.close()
+    for c in senders.values():
+        await c.close()
