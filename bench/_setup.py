@@ -1,0 +1,95 @@
+"""Shared benchmark plumbing: data dirs with many users, starting the core.
+
+Users share one argon2 hash (hashing thousands would take minutes) and get
+ready-made resume tokens, so N clients connect with ``resume`` instead of N
+argon2 logins: the benchmark measures chatting, not logging in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from legacy_socket_server.users import HASHER, fingerprint  # noqa: E402
+
+_CORE = """
+import logging, sys
+from pathlib import Path
+from legacy_socket_server.server import ServerConfig, serve, run, _raise_fd_limit
+logging.basicConfig(level=logging.WARNING, format="%(message)s")
+logging.getLogger("legacy_socket_server").setLevel(logging.INFO)
+logging.getLogger("legacy_socket_server.chat").setLevel(logging.WARNING)
+_raise_fd_limit()
+run(serve(ServerConfig(port=0, data_dir=Path(sys.argv[1]), fsync=sys.argv[2],
+                       send_rate=1e9, send_burst=1e9)))
+"""
+
+
+def make_data_dir(path: Path, n_users: int) -> dict[str, str]:
+    """Write users.json and tokens.json for users u0000..; return name -> token."""
+    path.mkdir(parents=True, exist_ok=True)
+    h = HASHER.hash("bench")
+    fp = fingerprint(h)
+    names = [f"u{i:04d}" for i in range(n_users)]
+    (path / "users.json").write_text(json.dumps({n: {"password_hash": h} for n in names}))
+    tokens = {n: f"bench-token-{n}-{os.urandom(8).hex()}" for n in names}
+    now = time.time()
+    records = {
+        hashlib.sha256(t.encode()).hexdigest(): {"user": n, "pw": fp, "used": now}
+        for n, t in tokens.items()
+    }
+    (path / "tokens.json").write_text(json.dumps(records))
+    return tokens
+
+
+def start_process(args: list[str], pattern: str = r"listening on \S+:(\d+)"):
+    """Start a server process; return (Popen, port) once it logs its port.
+
+    Output goes to a temp file, not a pipe: a pipe nobody drains would block
+    the server once its logs fill it.
+    """
+    import tempfile
+
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {Path(log.name).read_text()}")
+        m = re.search(pattern, Path(log.name).read_text())
+        if m:
+            return proc, int(m.group(1))
+        time.sleep(0.05)
+    raise RuntimeError("server did not start in 60 s")
+
+
+def start_core(data_dir: Path, fsync: str = "everysec"):
+    return start_process([sys.executable, "-c", _CORE, str(data_dir), fsync])
+
+
+def start_baseline(uvloop: bool = True):
+    args = [sys.executable, str(ROOT / "bench" / "baseline_router.py"), "0"]
+    return start_process(args + (["--uvloop"] if uvloop else []))
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
