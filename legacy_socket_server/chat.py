@@ -14,6 +14,7 @@ ends it. Which purposes each state accepts is :data:`ALLOWED_BEFORE_LOGIN`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import logging
 import time
@@ -133,6 +134,11 @@ class ChatService:
         self._dedup: dict[tuple[str, str], dict[str, Any]] = {}
         for msg in state.messages:
             self._index(msg)
+        # The loaded history is long-lived: move it out of the cyclic GC's
+        # sight, or every full collection rescans millions of message dicts
+        # and appends get slower as history grows.
+        gc.collect()
+        gc.freeze()
         self._markers = state.markers
         self._seq = 0
         self._logs: dict[str, UserLog] = {}
