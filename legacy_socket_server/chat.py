@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .events import SEQ_BITS, SEQ_MASK, Entry, UserLog, encoded_size
+from .events import SEQ_BITS, SEQ_MASK, Entry, EventLog, collect, encoded_size
 from .protocol import DEFAULT_MAX_FRAME_BYTES
 from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
@@ -53,6 +53,10 @@ LOGIN_LOCKOUT = 30.0
 #: 500 and 20/s sustained; anything faster from one person is a runaway script.
 SEND_BURST = 600
 SEND_RATE = 50.0
+
+#: Presence changes kept for polls that fall behind; a burst of logins past
+#: this (thousands at once) makes a slow poller reload its user list.
+PRESENCE_KEEP = 20_000
 
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
@@ -141,7 +145,9 @@ class ChatService:
         gc.freeze()
         self._markers = state.markers
         self._seq = 0
-        self._logs: dict[str, UserLog] = {}
+        self._logs: dict[str, EventLog] = {}
+        #: Presence changes, shared by everyone (each skips its own).
+        self._presence = EventLog(keep=PRESENCE_KEEP)
         self._online: dict[str, set[Session]] = {}
         self._failures: dict[str, deque[float]] = {}
         self._locked_until: dict[str, float] = {}
@@ -294,7 +300,7 @@ class ChatService:
         session.username = name
         session.token = token
         if name not in self._logs:
-            self._logs[name] = UserLog()
+            self._logs[name] = EventLog()
         session.cursor = self.cursor()
         sessions = self._online.setdefault(name, set())
         sessions.add(session)
@@ -311,10 +317,13 @@ class ChatService:
 
     def _broadcast_presence(self, name: str, online: bool) -> None:
         event = {"type": "presence", "username": name, "online": online}
-        size = encoded_size(event)
-        for other in self._logs:
+        self._seq += 1
+        self._presence.append(Entry(self._seq, event, name, encoded_size(event)))
+        for other, sessions in list(self._online.items()):
             if other != name:
-                self._emit(other, event, size=size)
+                for s in list(sessions):
+                    if s.held is not None:
+                        self._answer_held(s)
 
     def _exit(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         if session.token is not None:
@@ -507,12 +516,15 @@ class ChatService:
         seq = cursor & SEQ_MASK
         if cursor >> SEQ_BITS != self.boot or seq > self._seq:
             return None
-        ulog = self._logs[session.username]  # type: ignore[index]
-        if seq < ulog.trimmed:
-            return None
-        events, last = ulog.after(
-            seq, session.id, MAX_POLL_EVENTS, self.max_frame_bytes - REPLY_OVERHEAD
+        found = collect(
+            [(self._logs[session.username], session.id), (self._presence, session.username)],  # type: ignore[index]
+            seq,
+            MAX_POLL_EVENTS,
+            self.max_frame_bytes - REPLY_OVERHEAD,
         )
+        if found is None:
+            return None
+        events, last = found
         if not events:
             last = self._seq  # nothing for us up to now: skip ahead
         return {"cursor": (self.boot << SEQ_BITS) | last, "events": events}

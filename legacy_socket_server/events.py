@@ -6,6 +6,8 @@ cursors never repeat across restarts and a stale one is recognised and reset.
 
 Each user's log keeps its newest events in two parallel lists (sequence
 numbers and entries) so a poll finds its place with one binary search.
+Presence changes go to one shared log instead of every user's: a login
+then costs O(1) memory, not O(users), and a poll merges the two by seq.
 """
 
 from __future__ import annotations
@@ -28,61 +30,73 @@ def encoded_size(obj: Any) -> int:
 
 
 class Entry:
-    __slots__ = ("seq", "event", "skip_session", "size")
+    __slots__ = ("seq", "event", "skip", "size")
 
-    def __init__(self, seq: int, event: dict[str, Any], skip_session: int, size: int) -> None:
+    def __init__(self, seq: int, event: dict[str, Any], skip: object, size: int) -> None:
         self.seq = seq
         self.event = event
-        self.skip_session = skip_session  # a session that must not see it (0: none)
+        self.skip = skip  # who must not see it: a session id, or a user name
         self.size = size
 
 
-class UserLog:
-    __slots__ = ("seqs", "entries", "trimmed")
+class EventLog:
+    """Events in seq order, newest ``keep`` retained (amortised O(1) trim)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("seqs", "entries", "trimmed", "keep")
+
+    def __init__(self, keep: int | None = None) -> None:
         self.seqs: list[int] = []
         self.entries: list[Entry] = []
         self.trimmed = 0  # seq of the newest dropped event
+        self.keep = LOG_KEEP if keep is None else keep
 
     def append(self, entry: Entry) -> None:
         self.seqs.append(entry.seq)
         self.entries.append(entry)
-        if len(self.seqs) > 2 * LOG_KEEP:
-            # Trim in halves so the cost is amortised O(1) per event.
-            cut = len(self.seqs) - LOG_KEEP
+        if len(self.seqs) > 2 * self.keep:
+            cut = len(self.seqs) - self.keep
             self.trimmed = self.seqs[cut - 1]
             del self.seqs[:cut]
             del self.entries[:cut]
 
-    def after(
-        self, seq: int, session_id: int, max_events: int, max_bytes: int
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Events after ``seq`` for one session, bounded in count and bytes.
+    def index_after(self, seq: int) -> int:
+        return bisect_right(self.seqs, seq)
 
-        Returns the events and the seq of the last entry examined (skipped
-        entries count as seen, so the cursor moves past them).
-        """
-        i = bisect_right(self.seqs, seq)
-        events: list[dict[str, Any]] = []
-        budget = max_bytes
-        last = seq
-        entries = self.entries
-        for k in range(i, len(entries)):
-            e = entries[k]
-            if e.skip_session != session_id:
-                if events and (len(events) >= max_events or e.size + 1 > budget):
-                    break
-                events.append(e.event)
-                budget -= e.size + 1
-            last = e.seq
-        return events, last
 
-    def has_after(self, seq: int, session_id: int) -> bool:
-        for k in range(len(self.entries) - 1, -1, -1):
-            e = self.entries[k]
-            if e.seq <= seq:
-                return False
-            if e.skip_session != session_id:
-                return True
-        return False
+def collect(
+    logs: list[tuple[EventLog, object]], seq: int, max_events: int, max_bytes: int
+) -> tuple[list[dict[str, Any]], int] | None:
+    """Merge the events after ``seq`` from several logs, each with its skip key.
+
+    Returns the events (bounded in count and bytes) and the seq of the last
+    entry examined, or None if a log no longer holds what follows ``seq``.
+    Entries skipped for this reader still count as seen, so the cursor moves
+    past them.
+    """
+    pos = []
+    for log, _ in logs:
+        if seq < log.trimmed:
+            return None
+        pos.append(log.index_after(seq))
+    events: list[dict[str, Any]] = []
+    budget = max_bytes
+    last = seq
+    while True:
+        best = -1
+        best_seq = 0
+        for k, (log, _) in enumerate(logs):
+            i = pos[k]
+            if i < len(log.seqs) and (best < 0 or log.seqs[i] < best_seq):
+                best, best_seq = k, log.seqs[i]
+        if best < 0:
+            break
+        log, skip = logs[best]
+        e = log.entries[pos[best]]
+        if e.skip != skip:
+            if events and (len(events) >= max_events or e.size + 1 > budget):
+                break
+            events.append(e.event)
+            budget -= e.size + 1
+        pos[best] += 1
+        last = e.seq
+    return events, last

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 TOKENS_FILE = "tokens.json"
 #: Tokens unused for a week end: long enough for a laptop closed over a weekend.
 TOKEN_TTL = 7 * 24 * 3600.0
+#: How stale the recorded last use may be before a resume rewrites the file.
+USE_PERSIST_SLACK = 24 * 3600.0
 #: 32 random bytes: 256 bits, far past the protocol's 128-bit floor.
 TOKEN_BYTES = 32
 
@@ -79,8 +81,11 @@ class TokenStore:
             del self._records[digest]
             self._save()
             return None
-        rec["used"] = now
-        self._save()
+        if now - float(rec["used"]) > USE_PERSIST_SLACK:  # type: ignore[arg-type]
+            # Rewriting the file on every resume would make a reconnect storm
+            # O(tokens^2); expiry only needs the last use to within a day.
+            rec["used"] = now
+            self._save()
         return user
 
     def revoke(self, token: str) -> None:
