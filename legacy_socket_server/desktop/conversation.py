@@ -1,0 +1,82 @@
+"""Plain state the model holds: users and the open conversation (no IO, no Tk)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass
+class User:
+    username: str
+    online: bool = False
+    unread: int = 0
+
+
+def now_iso() -> str:
+    """A timestamp in the server's format, for messages not yet confirmed."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Conversation:
+    """The messages of one peer shown so far, oldest first, unique by id."""
+
+    peer: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    has_more: bool = False  # older messages exist on the server
+    loading: bool = False  # a history request is in flight
+    _ids: list[int] = field(default_factory=list)
+
+    @property
+    def oldest_id(self) -> int | None:
+        return self._ids[0] if self._ids else None
+
+    @property
+    def newest(self) -> dict[str, Any] | None:
+        return self.messages[-1] if self.messages else None
+
+    def add(self, msgs: list[dict[str, Any]]) -> bool:
+        """Merge ``msgs`` in id order, skipping ones already held; True if any was new.
+
+        Messages arrive from history pages, poll events and send replies, often
+        the same one twice, so merging by id is what keeps the view free of
+        doubles. Appends (the usual case) cost O(1) per message.
+        """
+        added = False
+        for m in msgs:
+            mid = m["id"]
+            if not self._ids or mid > self._ids[-1]:
+                self._ids.append(mid)
+                self.messages.append(m)
+                added = True
+                continue
+            pos = bisect_left(self._ids, mid)
+            if self._ids[pos] != mid:
+                self._ids.insert(pos, mid)
+                self.messages.insert(pos, m)
+                added = True
+        return added
+
+
+def snapshot(client: Any) -> dict[str, Any]:
+    """A ChatClient's state as plain JSON data (the CHAT_DESKTOP_STATE_FILE test hook)."""
+    return {
+        "phase": client.phase,
+        "error": client.error,
+        "username": client.username,
+        "users": [vars(u) for u in client.sorted_users()],
+        "total_unread": client.total_unread,
+        "peer": client.peer,
+        "messages": [
+            {k: m.get(k) for k in ("id", "from", "to", "text", "pending")}
+            for m in client.visible_messages()
+        ],
+        "has_more": client.has_more,
+        "loading": bool(client.conv and client.conv.loading),
+        "pending": client.pending_count,
+        "drafts": dict(client.drafts),
+        "reconnect_attempts": client.reconnect_attempts,
+    }
