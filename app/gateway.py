@@ -1,0 +1,287 @@
+"""The gateway: each browser session is one real client of the core.
+
+A forwarder, not a second server (ARCHITECTURE.md principle 3): a session owns
+one :class:`CoreClient` connection, logged in with the user's password once and
+re-established with the ``resume`` token (the password is never kept). HTTP
+calls map one-to-one onto core requests; every chat rule (validation, unread
+counts, presence, throttling) stays in the core.
+
+Polling is the one thing answered here rather than forwarded: a background
+task per session keeps ONE core long-poll (``wait_ms=25000``) open and appends
+what it returns to the session's :class:`EventBuffer`; browser polls read that
+buffer by cursor. So a 100 ms browser poll costs no core round trip, and any
+number of tabs share a session without cutting each other's polls short.
+
+Life of a session: ``login`` -> polled by its tabs -> ends on ``logout``, after
+``idle_timeout`` s without a poll (``exit`` to the core: the user goes offline),
+or when the core refuses its token. If the core connection drops, the pump
+reconnects with backoff and ``resume``; tabs get ``core_unavailable`` meanwhile
+and one ``reset`` afterwards (events in the gap are unknown: reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from typing import Any
+
+from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
+
+from .buffer import EventBuffer
+
+log = logging.getLogger(__name__)
+
+#: The core holds a poll at most 30 s; 25 s leaves the client's own reply
+#: timeout (wait + 10 s) well clear of it.
+CORE_WAIT_MS = 25_000
+#: Reconnect backoff bounds: fast enough that a restarted core is picked up
+#: within a second or two, slow enough that 500 sessions do not hammer a dead port.
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 2.0
+#: Time allowed for a health ping and for the connect that may precede it.
+HEALTH_TIMEOUT = 2.0
+#: Session ids carry 256 bits; the protocol asks for at least 128.
+SESSION_ID_BYTES = 32
+
+
+class NotLoggedIn(Exception):
+    """No session, an ended session, or a token the core refused."""
+
+
+class BrowserSession:
+    """One browser session (any number of tabs): a core connection and its buffer."""
+
+    def __init__(self, sid: str, username: str, token: str, client: CoreClient, keep: int) -> None:
+        self.sid = sid
+        self.username = username
+        self.token = token
+        self.client = client
+        self.buffer = EventBuffer(keep)
+        self.core_cursor: int | None = None
+        self.connected = True
+        self.ended = False
+        self.last_poll = asyncio.get_running_loop().time()
+        self.polls_in_flight = 0
+        self.pump: asyncio.Task[None] | None = None
+
+    def touch(self) -> None:
+        self.last_poll = asyncio.get_running_loop().time()
+
+
+class Gateway:
+    """All browser sessions of this web app, keyed by their cookie value."""
+
+    def __init__(
+        self,
+        core: tuple[str, int] | None = None,
+        *,
+        idle_timeout: float = 30.0,
+        buffer_events: int = 1000,
+    ) -> None:
+        #: ``(host, port)`` of the core; set later for an embedded core.
+        self.core = core
+        self.idle_timeout = idle_timeout
+        self.buffer_events = buffer_events
+        self.sessions: dict[str, BrowserSession] = {}
+        self._probe: CoreClient | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.closing = False
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle(), name="gateway-reaper")
+
+    def begin_shutdown(self) -> None:
+        """Answer held polls now: the app is stopping."""
+        self.closing = True
+        for s in self.sessions.values():
+            s.buffer.notify()
+
+    async def close(self) -> None:
+        """Log every session out of the core (their tokens die with this process)."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(
+            *(self.end(s) for s in list(self.sessions.values())), return_exceptions=True
+        )
+        if self._probe is not None:
+            await self._probe.close()
+
+    async def _connect(self, timeout: float = 5.0) -> CoreClient:
+        if self.core is None:
+            raise CoreUnavailable("no core configured yet")
+        return await CoreClient.connect(*self.core, timeout=timeout)
+
+    # -- health ------------------------------------------------------------------------
+    async def healthy(self) -> bool:
+        """True when the core answers ``ping`` (on a connection kept for this)."""
+        try:
+            if self._probe is None or not self._probe.is_open:
+                self._probe = await self._connect(timeout=HEALTH_TIMEOUT)
+            reply = await self._probe.request("ping", timeout=HEALTH_TIMEOUT)
+        except CoreUnavailable:
+            return False
+        return bool(reply.get("ok"))
+
+    # -- sessions -----------------------------------------------------------------------
+    def get(self, sid: str | None) -> BrowserSession:
+        """The live session of cookie value ``sid``; raise :class:`NotLoggedIn` otherwise."""
+        session = self.sessions.get(sid) if sid else None
+        if session is None or session.ended:
+            raise NotLoggedIn
+        return session
+
+    async def login(self, username: Any, password: Any) -> tuple[BrowserSession, dict[str, Any]]:
+        """Log in on a new core connection; the core judges the credentials."""
+        client = await self._connect()
+        try:
+            reply = await client.call("login", username=username, password=password)
+        except BaseException:
+            await client.close()
+            raise
+        sid = secrets.token_urlsafe(SESSION_ID_BYTES)
+        session = BrowserSession(sid, reply["username"], reply["token"], client, self.buffer_events)
+        session.core_cursor = reply["cursor"]
+        self.sessions[sid] = session
+        session.pump = asyncio.create_task(self._pump(session), name=f"pump-{reply['username']}")
+        log.info(
+            "browser session of %s started (%d sessions)", session.username, len(self.sessions)
+        )
+        return session, reply
+
+    async def end(self, session: BrowserSession) -> None:
+        """Log out of the core (``exit`` ends the token) and forget the session."""
+        if session.ended:
+            return
+        session.ended = True
+        self.sessions.pop(session.sid, None)
+        session.buffer.notify()  # held polls answer now (401)
+        if session.pump is not None:
+            session.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.pump
+        try:
+            await session.client.exit()
+        except CoreUnavailable:
+            # The token outlives us only until the core's 7-day expiry.
+            log.info("could not send exit for %s: core unreachable", session.username)
+        log.info("browser session of %s ended (%d sessions)", session.username, len(self.sessions))
+
+    # -- forwarding ------------------------------------------------------------------------
+    async def call(self, session: BrowserSession, purpose: str, **fields: Any) -> dict[str, Any]:
+        """Forward one request; raise CoreError, CoreUnavailable or NotLoggedIn."""
+        if not session.connected:
+            raise CoreUnavailable("reconnecting to the core")
+        reply = await session.client.call(purpose, **fields)
+        if purpose == "read":
+            # The core tells a user's *other* connections about a moved marker;
+            # our tabs share one connection, so hand the core's answer to them.
+            up_to = reply.get("up_to", fields.get("up_to"))
+            session.buffer.append([{"type": "read", "with": fields.get("with"), "up_to": up_to}])
+        return reply
+
+    async def poll(
+        self, session: BrowserSession, cursor: int | None, wait_s: float
+    ) -> dict[str, Any]:
+        """Answer a browser poll from the buffer, waiting up to ``wait_s`` for news."""
+        buf = session.buffer
+        session.polls_in_flight += 1
+        session.touch()
+        try:
+            reply = buf.collect(cursor)
+            if reply["events"] or reply.get("reset"):
+                return reply
+            if cursor is None:
+                cursor = reply["cursor"]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while True:
+                if session.ended:
+                    raise NotLoggedIn
+                if not session.connected:
+                    raise CoreUnavailable("reconnecting to the core")
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.closing:
+                    return reply
+                await buf.changed(remaining)
+                reply = buf.collect(cursor)
+                if reply["events"] or reply.get("reset"):
+                    return reply
+        finally:
+            session.polls_in_flight -= 1
+            session.touch()
+
+    # -- background work ------------------------------------------------------------------
+    async def _pump(self, session: BrowserSession) -> None:
+        """Keep one core long-poll open for the session; reconnect when it drops."""
+        while not session.ended:
+            try:
+                reply = await session.client.poll(session.core_cursor, wait_ms=CORE_WAIT_MS)
+            except (CoreUnavailable, CoreError) as exc:
+                if isinstance(exc, CoreError):
+                    log.warning("core refused a poll for %s: %s", session.username, exc)
+                    await session.client.close()
+                session.connected = False
+                session.buffer.notify()
+                if not await self._reconnect(session):
+                    return
+                continue
+            session.core_cursor = reply["cursor"]
+            if reply.get("reset"):
+                session.buffer.reset()
+            session.buffer.append(reply["events"])
+
+    async def _reconnect(self, session: BrowserSession) -> bool:
+        """Resume the session on a new connection; False when it has ended."""
+        delay = BACKOFF_MIN
+        while not session.ended:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, BACKOFF_MAX)
+            try:
+                client = await self._connect(timeout=BACKOFF_MAX)
+            except CoreUnavailable:
+                continue
+            try:
+                reply = await client.resume(session.token)
+            except asyncio.CancelledError:
+                await client.close()
+                raise
+            except CoreUnavailable:
+                await client.close()
+                continue
+            except CoreError as exc:
+                await client.close()
+                log.info("core refused the token of %s (%s): session ends", session.username, exc)
+                session.ended = True
+                self.sessions.pop(session.sid, None)
+                session.buffer.notify()
+                return False
+            session.client = client
+            session.token = reply.get("token", session.token)
+            session.core_cursor = reply["cursor"]
+            session.connected = True
+            # Events between the drop and now are unknown to us: every tab reloads.
+            session.buffer.reset()
+            log.info("browser session of %s resumed", session.username)
+            return True
+        return False
+
+    async def _reap_idle(self) -> None:
+        """Log out sessions whose tabs stopped polling (the tab was closed)."""
+        interval = max(0.05, min(1.0, self.idle_timeout / 5))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = loop.time() - self.idle_timeout
+            idle = [
+                s for s in self.sessions.values() if s.polls_in_flight == 0 and s.last_poll < cutoff
+            ]
+            for s in idle:
+                log.info("browser session of %s idle: logging out", s.username)
+            if idle:
+                await asyncio.gather(*(self.end(s) for s in idle), return_exceptions=True)

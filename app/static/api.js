@@ -1,0 +1,44 @@
+// The HTTP API of PROTOCOL.md section 4, as small async helpers.
+// Every call resolves to {status, ok, data}; only a network failure rejects,
+// so callers can tell "server said no" from "server unreachable".
+
+export class NetworkError extends Error {}
+
+export async function api(method, path, body) {
+  const init = { method, headers: {}, credentials: "same-origin", cache: "no-store" };
+  if (body !== undefined) {
+    // JSON content type is also what the CSRF check asks of every POST.
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (err) {
+    throw new NetworkError(String(err));
+  }
+  let data = null;
+  if (res.status !== 204) {
+    try {
+      data = await res.json();
+    } catch {
+      data = { error: "bad_response", message: `unexpected reply (HTTP ${res.status})` };
+    }
+  }
+  return { status: res.status, ok: res.ok, data };
+}
+
+// A client_msg_id: random, so a retried send is recognised by the server.
+// crypto.randomUUID needs a secure context; getRandomValues works everywhere.
+export function newId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Keep ?longpoll=1 (and any other page option) across login/logout redirects.
+export function go(path) {
+  window.location.assign(path + window.location.search);
+}

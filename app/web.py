@@ -1,0 +1,332 @@
+"""HTTP: the pages, the JSON API of PROTOCOL.md section 4, and ``create_app``.
+
+Every route is registered in :func:`_routes`. Views parse HTTP (cookie, query,
+JSON body), hand the request to the :class:`Gateway` and turn its answer or its
+error code into a response; the codes and their statuses are PROTOCOL.md's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from legacy_socket_server.client import CoreError, CoreUnavailable
+from legacy_socket_server.server import CoreServer, ServerConfig
+
+from .config import WebConfig
+from .gateway import BrowserSession, Gateway, NotLoggedIn
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).resolve().parent
+COOKIE = "chat_session"
+MAX_WAIT_MS = 30_000  # PROTOCOL.md: wait_ms is 0 to 30,000
+
+CONFIG_KEY = web.AppKey("config", WebConfig)
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+CORE_KEY = web.AppKey("embedded_core", CoreServer)
+
+STATUS = {
+    "bad_request": 400,
+    "empty_text": 400,
+    "unknown_user": 400,
+    "not_logged_in": 401,
+    "invalid_credentials": 401,
+    "invalid_token": 401,
+    "csrf": 403,
+    "text_too_long": 413,
+    "too_large": 413,
+    "rate_limited": 429,
+    "core_unavailable": 503,
+    "storage_unavailable": 503,
+}
+
+#: No inline script or style anywhere, so the policy can forbid both: an injected
+#: ``<script>`` or ``onerror=`` would not run even if text ever reached the DOM as HTML.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def error_response(code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=STATUS.get(code, 500))
+
+
+# -- request helpers ------------------------------------------------------------------------
+def is_https(request: web.Request) -> bool:
+    """Was this request made over HTTPS (directly, or at a trusted proxy)?"""
+    if request.secure:
+        return True
+    if request.app[CONFIG_KEY].trust_proxy:
+        proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+        return proto.lower() == "https"
+    return False
+
+
+def own_origin(request: web.Request) -> str:
+    host = request.host
+    if request.app[CONFIG_KEY].trust_proxy:
+        host = request.headers.get("X-Forwarded-Host", host).split(",")[0].strip()
+    return f"{'https' if is_https(request) else 'http'}://{host}".lower()
+
+
+def csrf_refusal(request: web.Request) -> str | None:
+    """Why a POST is refused as cross-site, or None (PROTOCOL.md section 4)."""
+    # A cross-site form can only send form or text content types; JSON needs CORS.
+    if request.content_type != "application/json":
+        return "a POST must send Content-Type: application/json"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        origin = origin.rstrip("/").lower()
+        if origin != own_origin(request) and origin not in request.app[CONFIG_KEY].allowed_origins:
+            return f"origin {origin!r} may not post here"
+    return None
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError("too_large", "the request body is over the limit")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("bad_request", "the body is not valid JSON")
+    if not isinstance(body, dict):
+        raise ApiError("bad_request", "the body must be a JSON object")
+    return body
+
+
+def query_int(request: web.Request, name: str, lo: int = 0, hi: int | None = None) -> int | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError("bad_request", f"{name} must be an integer")
+    if number < lo or (hi is not None and number > hi):
+        raise ApiError("bad_request", f"{name} must be between {lo} and {hi}")
+    return number
+
+
+def pick(body: dict[str, Any], *names: str) -> dict[str, Any]:
+    """The named fields that are present, forwarded as sent (the core validates them)."""
+    return {n: body[n] for n in names if n in body}
+
+
+def session_of(request: web.Request) -> BrowserSession:
+    return request.app[GATEWAY_KEY].get(request.cookies.get(COOKIE))
+
+
+# -- middleware and signals ---------------------------------------------------------------------
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CSRF check for POSTs, and every failure as ``{"error", "message"}``."""
+    if request.method == "POST":
+        why = csrf_refusal(request)
+        if why is not None:
+            return error_response("csrf", why)
+        if (request.content_length or 0) > request.app[CONFIG_KEY].max_body_bytes:
+            return error_response("too_large", "the request body is over the limit")
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.code, exc.message)
+    except NotLoggedIn:
+        return error_response("not_logged_in", "log in first")
+    except CoreUnavailable:
+        return error_response("core_unavailable", "the chat server is unreachable; retrying")
+    except CoreError as exc:
+        return error_response(exc.code, exc.message)
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith("/api/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+
+
+# -- pages ---------------------------------------------------------------------------------------
+async def chat_page(request: web.Request) -> web.StreamResponse:
+    try:
+        session = session_of(request)
+    except NotLoggedIn:
+        raise web.HTTPFound("/login")
+    context = {"username": session.username, "longpoll": request.app[CONFIG_KEY].longpoll}
+    return aiohttp_jinja2.render_template("chat.html", request, context)
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    try:
+        session_of(request)
+    except NotLoggedIn:
+        return aiohttp_jinja2.render_template("login.html", request, {})
+    raise web.HTTPFound("/")
+
+
+# -- the API (PROTOCOL.md section 4) -------------------------------------------------------------
+async def api_login(request: web.Request) -> web.StreamResponse:
+    body = await json_body(request)
+    gateway = request.app[GATEWAY_KEY]
+    # The core judges (and throttles) the credentials; they are not kept here.
+    session, reply = await gateway.login(body.get("username"), body.get("password"))
+    resp = web.json_response(
+        {"username": reply["username"], "users": reply["users"], "cursor": session.buffer.head}
+    )
+    resp.set_cookie(
+        COOKIE,
+        session.sid,
+        httponly=True,
+        samesite="Strict",
+        path="/",
+        secure=request.app[CONFIG_KEY].secure_cookies or is_https(request),
+    )
+    return resp
+
+
+async def api_logout(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    await request.app[GATEWAY_KEY].end(session)
+    resp = web.Response(status=204)
+    resp.del_cookie(COOKIE, path="/")
+    return resp
+
+
+async def api_users(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    reply = await request.app[GATEWAY_KEY].call(session, "users")
+    # The buffer position right after the list: a tab that (re)loads polls from
+    # here and is not told again about what the list already counts.
+    return web.json_response({"users": reply["users"], "cursor": session.buffer.head})
+
+
+async def api_poll(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    cursor = query_int(request, "cursor")
+    wait_ms = query_int(request, "wait_ms", 0, MAX_WAIT_MS) or 0
+    reply = await request.app[GATEWAY_KEY].poll(session, cursor, wait_ms / 1000)
+    return web.json_response(reply)
+
+
+async def api_send(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    body = await json_body(request)
+    fields = pick(body, "to", "text", "client_msg_id")
+    reply = await request.app[GATEWAY_KEY].call(session, "send_message", **fields)
+    return web.json_response({"message": reply["message"]})
+
+
+async def api_history(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    fields: dict[str, Any] = pick(dict(request.query), "with")
+    for name in ("before", "limit"):
+        value = query_int(request, name, lo=-(2**53))
+        if value is not None:
+            fields[name] = value
+    reply = await request.app[GATEWAY_KEY].call(session, "history", **fields)
+    return web.json_response({"messages": reply["messages"], "has_more": reply["has_more"]})
+
+
+async def api_read(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    body = await json_body(request)
+    await request.app[GATEWAY_KEY].call(session, "read", **pick(body, "with", "up_to"))
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    if await request.app[GATEWAY_KEY].healthy():
+        return web.json_response({"status": "ok"})
+    return web.json_response({"status": "unavailable", "error": "core_unavailable"}, status=503)
+
+
+def _routes(app: web.Application) -> None:
+    """Every route of the app, in one place."""
+    app.router.add_get("/", chat_page, name="chat")
+    app.router.add_get("/login", login_page, name="login")
+    app.router.add_post("/api/login", api_login)
+    app.router.add_post("/api/logout", api_logout)
+    app.router.add_get("/api/users", api_users)
+    app.router.add_get("/api/poll", api_poll)
+    app.router.add_post("/api/messages", api_send)
+    app.router.add_get("/api/history", api_history)
+    app.router.add_post("/api/read", api_read)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", HERE / "static", name="static")
+
+
+# -- the application ----------------------------------------------------------------------------
+def connect_host(host: str) -> str:
+    """Where to reach a server listening on ``host`` from this machine."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Start the embedded core (if any), then the gateway; stop them in reverse."""
+    config = app[CONFIG_KEY]
+    gateway = app[GATEWAY_KEY]
+    core: CoreServer | None = None
+    if config.core is None:
+        core = await CoreServer.start(
+            ServerConfig(
+                host=config.host,
+                port=config.core_port,
+                data_dir=config.data_dir,
+                fsync=config.fsync,
+            )
+        )
+        app[CORE_KEY] = core
+        gateway.core = (connect_host(config.host), core.port)
+    await gateway.start()
+    yield
+    await gateway.close()
+    if core is not None:
+        await core.stop()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Held polls answer now, so shutting down does not wait out their wait_ms.
+    app[GATEWAY_KEY].begin_shutdown()
+
+
+def create_app(config: WebConfig | None = None) -> web.Application:
+    """The web app; with ``config.core`` unset it also runs an embedded core."""
+    config = config or WebConfig()
+    app = web.Application(middlewares=[api_errors], client_max_size=config.max_body_bytes)
+    app[CONFIG_KEY] = config
+    app[GATEWAY_KEY] = Gateway(
+        config.core, idle_timeout=config.idle_timeout, buffer_events=config.buffer_events
+    )
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    app.on_response_prepare.append(security_headers)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_on_shutdown)
+    _routes(app)
+    return app
