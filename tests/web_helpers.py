@@ -1,0 +1,65 @@
+"""Helpers for the web app's tests: a desktop-like TCP user and async waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from conftest import DEMO_USERS
+
+from legacy_socket_server.client import CoreClient
+
+
+async def until(
+    check: Callable[[], Awaitable[Any] | Any], timeout: float = 10.0, what: str = "condition"
+) -> Any:
+    """Await ``check()`` until it is truthy; fail after ``timeout`` s (never blocks the loop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class TcpUser:
+    """A user on a plain core connection (what the desktop client is)."""
+
+    def __init__(self, client: CoreClient, reply: dict[str, Any]) -> None:
+        self.client = client
+        self.username: str = reply["username"]
+        self.cursor: int = reply["cursor"]
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def login(cls, host: str, port: int, name: str) -> TcpUser:
+        client = await CoreClient.connect(host, port)
+        return cls(client, await client.login(name, DEMO_USERS[name]))
+
+    async def wait_event(
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """The first event (seen before or arriving within ``timeout``) that ``match``es."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for ev in self.events:
+                if match(ev):
+                    return ev
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching event within {timeout} s: {self.events}")
+            reply = await self.client.poll(self.cursor, wait_ms=int(min(left, 1.0) * 1000))
+            self.cursor = reply["cursor"]
+            self.events.extend(reply["events"])
+
+    async def users(self) -> dict[str, dict[str, Any]]:
+        return {u["username"]: u for u in (await self.client.call("users"))["users"]}
+
+    async def close(self) -> None:
+        await self.client.close()
