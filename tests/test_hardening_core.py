@@ -1,0 +1,239 @@
+"""Hostile and slow peers, and a failing disk: the core loses nothing and keeps serving.
+
+Each test keeps a pair of well-behaved users chatting while something bad
+happens, and asserts their messages still flow and nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_helpers import RawClient, async_wait_for, seed_users
+
+from legacy_socket_server import store as store_module
+from legacy_socket_server.protocol import encode
+from legacy_socket_server.server import CoreServer, ServerConfig
+
+StartCore = Callable[..., Awaitable[CoreServer]]
+
+
+@pytest.fixture
+async def start_core(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[StartCore]:
+    servers: list[CoreServer] = []
+
+    async def start(data: Path | None = None, **overrides: Any) -> CoreServer:
+        data = data or tmp_path / f"data{len(servers)}"
+        seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+        server = await CoreServer.start(ServerConfig(port=0, data_dir=data, **overrides))
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        try:
+            await s.stop()
+        except Exception:  # noqa: BLE001 - a test may have stopped it already
+            pass
+
+
+async def chatting_pair(core: CoreServer) -> tuple[RawClient, RawClient]:
+    alice = await RawClient.connect("127.0.0.1", core.port)
+    bob = await RawClient.connect("127.0.0.1", core.port)
+    await alice.login("Alice")
+    await bob.login("Bob")
+    return alice, bob
+
+
+async def assert_still_chatting(alice: RawClient, bob: RawClient, text: str) -> None:
+    """Alice sends; Bob sees it through a poll: the server is alive for others."""
+    sent = await alice.call("send_message", to="Bob", text=text)
+    msg_id = sent["message"]["id"]
+    seen: list[dict[str, Any]] = []
+
+    async def bob_sees() -> bool:
+        r = await bob.call("poll", wait_ms=2000)
+        seen.extend(e["message"] for e in r["events"] if e["type"] == "message")
+        return any(m["id"] == msg_id for m in seen)
+
+    for _ in range(20):
+        if await bob_sees():
+            return
+    raise AssertionError(f"Bob never saw {text!r}")
+
+
+async def test_half_packet_then_stall_is_cut_off_others_unaffected(
+    start_core: StartCore,
+) -> None:
+    core = await start_core(partial_timeout=0.5)
+    alice, bob = await chatting_pair(core)
+    staller = await RawClient.connect("127.0.0.1", core.port)
+    await staller.send_raw(encode({"purpose": "ping"})[:7])  # half a packet, then nothing
+    await assert_still_chatting(alice, bob, "while someone stalls")
+    got = await staller.expect_closed(timeout=5)
+    assert got and got[-1]["error"] == "bad_frame" and "incomplete" in got[-1]["message"]
+    await assert_still_chatting(alice, bob, "after the staller is gone")
+
+
+async def test_peer_that_never_reads_is_dropped(start_core: StartCore) -> None:
+    core = await start_core(max_output_buffer=256 * 1024)
+    alice, bob = await chatting_pair(core)
+    big = "€" * 10_000  # 30 KB in UTF-8
+    for _ in range(10):
+        await alice.call("send_message", to="Charlie", text=big)
+    # A raw socket with a tiny receive buffer that asks for history pages and never reads.
+    hog = socket.socket()
+    hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hog.connect(("127.0.0.1", core.port))
+    hog.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(
+        hog, encode({"purpose": "login", "username": "Charlie", "password": "789"})
+    )
+    await async_wait_for(lambda: len(core.connections) == 3, what="Charlie's connection")
+    page = encode({"purpose": "history", "with": "Alice", "limit": 200})
+    try:
+        for _ in range(400):  # ~0 bytes read by us, ~120 MB of replies asked for
+            await loop.sock_sendall(hog, page)
+    except OSError:
+        pass  # the server may already have dropped us: that is the point
+    await async_wait_for(
+        lambda: len(core.connections) == 2, timeout=15, what="the server to drop the hog"
+    )
+    hog.close()
+    await assert_still_chatting(alice, bob, "after the hog was dropped")
+
+
+async def test_connection_cap_answers_excess_with_server_busy(core_proc: Any) -> None:
+    core_proc.extra_args = ["--max-connections", "500"]
+    core_proc.restart()
+    alice = await RawClient.connect(core_proc.host, core_proc.port)
+    bob = await RawClient.connect(core_proc.host, core_proc.port)
+    await alice.login("Alice")
+    await bob.login("Bob")
+    loop = asyncio.get_running_loop()
+    socks: list[socket.socket] = []
+    for _ in range(2000):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(s, (core_proc.host, core_proc.port)), 10)
+        except (OSError, TimeoutError):
+            s.close()
+            continue
+        socks.append(s)
+    assert len(socks) >= 1500, "the listen backlog refused far too many"
+
+    async def first_packet(s: socket.socket) -> bytes:
+        try:
+            return await asyncio.wait_for(loop.sock_recv(s, 4096), 0.5)
+        except (TimeoutError, OSError):
+            return b""
+
+    replies = await asyncio.gather(*(first_packet(s) for s in socks))
+    busy = sum(b"server_busy" in r for r in replies)
+    # Two chatters + up to 498 silent ones fit; the rest were told and closed.
+    assert busy >= len(socks) - 498, (busy, len(socks))
+    await assert_still_chatting(alice, bob, "with 2,000 connections knocking")
+    for s in socks:
+        s.close()
+    await assert_still_chatting(alice, bob, "after they left")
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "closes"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "bad_request", False),
+        (b'{"purpose": "ping", "x": NaN}', "bad_request", False),
+        (b'{"purpose": "ping", "x": -Infinity}', "bad_request", False),
+        (b'{"purpose": "p\xff\xfeing"}', "bad_request", False),
+        (b'{"purpose": "' + b"a" * (1024 * 1024 - 14) + b'"}', "bad_frame", True),
+    ],
+    ids=["nested-100k", "nan", "infinity", "invalid-utf8", "1MiB+1"],
+)
+async def test_hostile_payloads_get_their_error(
+    start_core: StartCore, payload: bytes, code: str, closes: bool
+) -> None:
+    core = await start_core()
+    alice, bob = await chatting_pair(core)
+    evil = await RawClient.connect("127.0.0.1", core.port)
+    if code == "bad_frame":
+        assert len(payload) == 1024 * 1024 + 1
+    await evil.send_raw(b"$%d%s$" % (len(payload), payload))
+    if closes:
+        got = await evil.expect_closed()
+        assert got[-1]["error"] == code
+    else:
+        reply = await evil.recv()
+        assert reply["error"] == code, reply
+        assert (await evil.request("ping"))["ok"] is True  # still open and sane
+    await assert_still_chatting(alice, bob, f"after {code}")
+
+
+async def test_disk_full_refuses_sends_keeps_reads_and_recovers(
+    start_core: StartCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "disk"
+    core = await start_core(data)
+    alice, bob = await chatting_pair(core)
+    before = await alice.call("send_message", to="Bob", text="saved before the disk filled")
+
+    real_write = os.write
+    journal_fd = core.service.history._fd
+
+    def full_disk(fd: int, buf: bytes) -> int:
+        if fd == journal_fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, buf)
+
+    monkeypatch.setattr(store_module.os, "write", full_disk)
+    refused = await alice.request("send_message", to="Bob", text="lost to a full disk?")
+    assert refused["ok"] is False and refused["error"] == "storage_unavailable"
+    marker = await bob.request("read", **{"with": "Alice", "up_to": before["message"]["id"]})
+    assert marker["error"] == "storage_unavailable"
+    # Reads keep working.
+    hist = await bob.call("history", **{"with": "Alice"})
+    assert [m["text"] for m in hist["messages"]] == ["saved before the disk filled"]
+    assert (await bob.call("users"))["users"][0]["unread"] == 1
+    assert (await alice.request("ping"))["ok"] is True
+
+    monkeypatch.setattr(store_module.os, "write", real_write)  # space is back
+    after = await alice.call("send_message", to="Bob", text="saved after space returned")
+    await core.stop()
+
+    core2 = await start_core(data)
+    a2 = await RawClient.connect("127.0.0.1", core2.port)
+    await a2.login("Alice")
+    texts = [m["text"] for m in (await a2.call("history", **{"with": "Bob"}))["messages"]]
+    assert texts == ["saved before the disk filled", "saved after space returned"]
+    assert after["message"]["id"] > before["message"]["id"]
+
+
+async def test_read_only_data_dir_refuses_writes_then_recovers(
+    start_core: StartCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EROFS at write time (a remounted disk) is reported like a full disk."""
+    core = await start_core(tmp_path / "ro")
+    alice, bob = await chatting_pair(core)
+    real_write = os.write
+    journal_fd = core.service.history._fd
+
+    def read_only(fd: int, buf: bytes) -> int:
+        if fd == journal_fd:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_write(fd, buf)
+
+    monkeypatch.setattr(store_module.os, "write", read_only)
+    r = await alice.request("send_message", to="Bob", text="x")
+    assert r["error"] == "storage_unavailable"
+    await bob.call("history", **{"with": "Alice"})
+    monkeypatch.setattr(store_module.os, "write", real_write)
+    await assert_still_chatting(alice, bob, "writable again")
