@@ -1,0 +1,395 @@
+"""The Tk view: a login screen and the chat screen, rendering a ChatClient.
+
+The view holds no chat state of its own: every 100 ms it calls
+``ChatClient.tick()`` and redraws what the returned change names cover;
+clicks and keys become model calls. Run with ``python chatapp.py`` or
+``chat-desktop``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tkinter as tk
+from pathlib import Path
+from tkinter import ttk
+from typing import Any
+
+from . import model as m
+from .config import Config, parse_args
+from .conversation import snapshot
+from .widgets import (
+    OFFLINE,
+    ONLINE,
+    SURFACE,
+    MessageView,
+    UserList,
+    apply_theme,
+)
+
+log = logging.getLogger(__name__)
+
+#: The model's heartbeat (the seed client's polling interval).
+TICK_MS = 100
+APP_NAME = "Team Chat"
+
+
+class LoginScreen(ttk.Frame):
+    """Username, masked password, Log in (or Retry), and the server's answer."""
+
+    def __init__(self, app: ChatWindow) -> None:
+        super().__init__(app.root, style="TFrame")
+        self.app = app
+        card = ttk.Frame(self, style="Card.TFrame", padding=(36, 30))
+        card.place(relx=0.5, rely=0.5, anchor="center")
+        ttk.Label(card, text=APP_NAME, style="Title.TLabel").pack(anchor="w")
+        ttk.Label(card, text="Sign in to chat with your team.", style="Muted.TLabel").pack(
+            anchor="w", pady=(2, 18)
+        )
+        ttk.Label(card, text="Username", style="Card.TLabel").pack(anchor="w")
+        self.username = ttk.Entry(card, width=32)
+        self.username.pack(fill="x", pady=(4, 12))
+        ttk.Label(card, text="Password", style="Card.TLabel").pack(anchor="w")
+        self.password = ttk.Entry(card, width=32, show="•")
+        self.password.pack(fill="x", pady=(4, 8))
+        self.message = ttk.Label(card, text="", style="Error.TLabel", wraplength=300)
+        self.message.pack(anchor="w", pady=(0, 8), fill="x")
+        self.button = ttk.Button(card, text="Log in", style="Accent.TButton", command=self.submit)
+        self.button.pack(fill="x")
+        server = f"Server {app.client.host}:{app.client.port}"
+        ttk.Label(card, text=server, style="Muted.TLabel").pack(anchor="w", pady=(14, 0))
+        for widget in (self.username, self.password, self.button):
+            widget.bind("<Return>", self.submit)
+            widget.bind("<KP_Enter>", self.submit)
+
+    def submit(self, _event: Any = None) -> str:
+        name = self.username.get().strip()
+        if not name:
+            self.show_message("Enter your user name.")
+            self.username.focus_set()
+        else:
+            self.app.client.login(name, self.password.get())
+            self.sync()
+        return "break"
+
+    def show_message(self, text: str, error: bool = True) -> None:
+        self.message.configure(text=text, style="Error.TLabel" if error else "Muted.TLabel")
+
+    def sync(self) -> None:
+        client = self.app.client
+        busy = client.phase == m.LOGGING_IN
+        self.button.configure(
+            text="Retry" if client.phase == m.UNREACHABLE else "Log in",
+            state="disabled" if busy else "normal",
+        )
+        if busy:
+            self.show_message("Connecting…", error=False)
+        else:
+            self.show_message(client.error or "")
+
+    def shown(self) -> None:
+        client = self.app.client
+        if client.login_name and not self.username.get():
+            self.username.insert(0, client.login_name)
+        if client.error and self.username.get():
+            # Refused: the password is wrong or the session ended; type it again.
+            self.password.delete(0, "end")
+            self.password.focus_set()
+        else:
+            self.username.focus_set()
+        self.sync()
+
+
+class ChatScreen(ttk.Frame):
+    """Users on the left, the conversation on the right, the composer below it."""
+
+    def __init__(self, app: ChatWindow) -> None:
+        super().__init__(app.root)
+        self.app = app
+        fonts = app.fonts
+        side = ttk.Frame(self, style="Side.TFrame", width=240)
+        side.pack(side="left", fill="y")
+        side.pack_propagate(False)
+        ttk.Label(side, text=APP_NAME, style="SideTitle.TLabel").pack(
+            anchor="w", padx=18, pady=(18, 0)
+        )
+        me_row = ttk.Frame(side, style="Side.TFrame")
+        me_row.pack(anchor="w", padx=18, pady=(2, 14))
+        ttk.Label(me_row, text="●", style="SideMuted.TLabel", foreground=ONLINE).pack(side="left")
+        self.me = ttk.Label(me_row, text="", style="SideMuted.TLabel")
+        self.me.pack(side="left", padx=(4, 0))
+        ttk.Label(side, text="PEOPLE", style="SideMuted.TLabel", font=fonts["badge"]).pack(
+            anchor="w", padx=18, pady=(0, 4)
+        )
+        self.users = UserList(side, fonts, self.open)
+        self.users.pack(fill="both", expand=True, padx=4)
+        ttk.Label(
+            side,
+            text="↑↓ move · Enter open · Esc back",
+            style="SideMuted.TLabel",
+            font=fonts["small"],
+        ).pack(anchor="w", padx=18, pady=10)
+
+        main = ttk.Frame(self, style="Surface.TFrame")
+        main.pack(side="left", fill="both", expand=True)
+        head = ttk.Frame(main, style="Surface.TFrame", padding=(18, 12))
+        head.pack(fill="x")
+        self.peer_dot = tk.Canvas(head, width=12, height=12, bg=SURFACE, highlightthickness=0)
+        self.peer_dot.pack(side="left", padx=(0, 8))
+        self.peer_name = ttk.Label(head, text="", style="Header.TLabel")
+        self.peer_name.pack(side="left")
+        self.peer_status = ttk.Label(head, text="", style="Muted.TLabel")
+        self.peer_status.pack(side="left", padx=10, pady=(4, 0))
+        ttk.Separator(main).pack(fill="x")
+        self.banner = ttk.Label(main, text="", style="Banner.TLabel")
+        self.messages = MessageView(main, fonts, self.app.client.load_older)
+        self.messages.pack(fill="both", expand=True)
+        ttk.Separator(main).pack(fill="x")
+        bar = ttk.Frame(main, style="Surface.TFrame", padding=(14, 10, 14, 2))
+        bar.pack(fill="x")
+        hint = "Enter to send · Shift+Enter for a new line · PgUp/PgDn scroll · Esc to people"
+        ttk.Label(main, text=hint, style="Muted.TLabel").pack(anchor="w", padx=16, pady=(0, 8))
+        self.send_button = ttk.Button(bar, text="Send", style="Accent.TButton", command=self.send)
+        self.send_button.pack(side="right", padx=(10, 0), anchor="s")
+        box = tk.Frame(bar, bg="#cbd5e1", padx=1, pady=1)
+        box.pack(side="left", fill="x", expand=True)
+        self.entry = tk.Text(
+            box, height=3, wrap="word", bd=0, highlightthickness=0, font=fonts["body"],
+            padx=8, pady=6, undo=True, bg=SURFACE,
+        )  # fmt: skip
+        self.entry.pack(fill="both", expand=True)
+        self.entry.bind("<FocusIn>", lambda e: box.configure(bg="#2563eb"))
+        self.entry.bind("<FocusOut>", lambda e: box.configure(bg="#cbd5e1"))
+        self.entry.bind("<Return>", self.send)
+        self.entry.bind("<KP_Enter>", self.send)
+        self.entry.bind("<Shift-Return>", self._newline)
+        self.entry.bind("<Escape>", lambda e: self.users.focus_set())
+        self.entry.bind("<Tab>", self._tab_out)
+        self.entry.bind("<Prior>", lambda e: self.messages.scroll(-1) or "break")
+        self.entry.bind("<Next>", lambda e: self.messages.scroll(1) or "break")
+        self.messages.clear("Choose someone on the left to start a conversation.")
+        self.peer: str | None = None
+        self._set_composer(enabled=False)
+
+    # -- actions --------------------------------------------------------------------
+    def open(self, peer: str) -> None:
+        client = self.app.client
+        if peer != client.peer:
+            self.save_draft()
+            client.open_conversation(peer)
+            self.entry.configure(state="normal")
+            self.entry.delete("1.0", "end")
+            self.entry.insert("1.0", client.drafts.get(peer, ""))
+            self.entry.edit_modified(False)
+            self.messages.clear()
+            self.refresh_conversation()
+            self.refresh_users()
+        self.entry.focus_set()
+
+    def send(self, _event: Any = None) -> str:
+        text = self.entry.get("1.0", "end-1c")
+        if self.app.client.send(text):
+            self.entry.delete("1.0", "end")
+            self.save_draft()
+        return "break"
+
+    def _newline(self, _event: Any) -> str:
+        self.entry.insert("insert", "\n")
+        self.entry.see("insert")
+        return "break"
+
+    def _tab_out(self, _event: Any) -> str:
+        self.send_button.focus_set()
+        return "break"
+
+    def save_draft(self) -> None:
+        peer = self.app.client.peer
+        if peer is not None:
+            self.app.client.set_draft(peer, self.entry.get("1.0", "end-1c"))
+        self.entry.edit_modified(False)
+
+    def _set_composer(self, enabled: bool) -> None:
+        self.entry.configure(state="normal" if enabled else "disabled")
+        self.send_button.configure(state="normal" if enabled else "disabled")
+
+    # -- rendering ------------------------------------------------------------------
+    def refresh_users(self) -> None:
+        client = self.app.client
+        self.users.set_users(client.sorted_users(), client.peer)
+        self.me.configure(text=f"Signed in as {client.username}")
+        self.refresh_header()
+
+    def refresh_header(self) -> None:
+        client = self.app.client
+        user = client.users.get(client.peer or "")
+        self.peer_dot.delete("all")
+        if user is None:
+            self.peer_name.configure(text="No conversation open")
+            self.peer_status.configure(text="")
+            return
+        colour = ONLINE if user.online else OFFLINE
+        self.peer_dot.create_oval(1, 1, 11, 11, fill=colour, outline=colour)
+        self.peer_name.configure(text=user.username)
+        self.peer_status.configure(text="online" if user.online else "offline")
+
+    def refresh_conversation(self) -> None:
+        client = self.app.client
+        if client.peer is None:
+            return
+        self._set_composer(enabled=True)
+        if client.conv and client.conv.loading and not client.messages:
+            self.messages.clear("Loading…")
+            return
+        self.messages.render(client.visible_messages(), client.username or "", client.peer)
+
+    def refresh_status(self) -> None:
+        client = self.app.client
+        if client.phase == m.RECONNECTING:
+            self.banner.configure(text="⟳  Connection lost — reconnecting…")
+            self.banner.pack(fill="x", before=self.messages)
+        elif client.error:
+            self.banner.configure(text=client.error)
+            self.banner.pack(fill="x", before=self.messages)
+        else:
+            self.banner.pack_forget()
+        if client.drafts.get(client.peer or "") and not self.entry.get("1.0", "end-1c"):
+            self.entry.insert("1.0", client.drafts[client.peer])  # a refused send, given back
+
+
+class ChatWindow:
+    """The application: one Tk root, one model, the login or chat screen."""
+
+    def __init__(self, config: Config, root: tk.Tk | None = None) -> None:
+        self.config = config
+        self.root = root or tk.Tk(className="teamchat")
+        self.root.title(APP_NAME)
+        self.root.geometry("920x620")
+        self.root.minsize(640, 420)
+        self.fonts = apply_theme(self.root)
+        self.client = m.ChatClient(config.host, config.port)
+        self.client.login_name = config.username
+        self.login = LoginScreen(self)
+        self.chat: ChatScreen | None = None
+        self.screen: ttk.Frame | None = None
+        self._last_state = ""
+        self.root.protocol("WM_DELETE_WINDOW", self.quit)
+        self.root.bind_all("<Control-q>", lambda e: self.quit())
+        self._show(self.login)
+        self.login.shown()
+        self.root.after(TICK_MS, self._tick)
+
+    def _show(self, screen: ttk.Frame) -> None:
+        if self.screen is not screen:
+            if self.screen is not None:
+                self.screen.pack_forget()
+            screen.pack(fill="both", expand=True)
+            self.screen = screen
+
+    def _tick(self) -> None:
+        # Reschedule first: an error in one tick must not stop the heartbeat.
+        self.root.after(TICK_MS, self._tick)
+        try:
+            self.apply(self.client.tick())
+        except Exception:  # noqa: BLE001 - logged; the window stays alive
+            log.exception("tick failed")
+        self._dump_state()
+
+    def apply(self, changes: set[str]) -> None:
+        client = self.client
+        if client.phase == m.CLOSED:
+            self.root.destroy()
+            return
+        if client.phase in (m.READY, m.RECONNECTING):
+            if self.chat is None:
+                self.chat = ChatScreen(self)
+            if self.screen is not self.chat:
+                self._show(self.chat)
+                self.login.password.delete(0, "end")  # not kept past the login attempt
+                self.chat.refresh_users()
+                self.chat.refresh_conversation()
+                self.chat.users.focus_set()
+                self.chat.users.redraw()
+            if "users" in changes or "phase" in changes:
+                self.chat.refresh_users()
+            if "conversation" in changes:
+                self.chat.refresh_conversation()
+            if changes & {"status", "phase", "draft"}:
+                self.chat.refresh_status()
+            if self.chat.entry.edit_modified():
+                self.chat.save_draft()
+        else:
+            if self.screen is not self.login:
+                self._show(self.login)
+                self.login.shown()
+            elif changes:
+                self.login.sync()
+                if client.phase == m.LOGGED_OUT and client.error:
+                    self.login.password.delete(0, "end")
+                    self.login.password.focus_set()
+        if "bell" in changes:
+            self.root.bell()
+        self.root.title(self.title())
+
+    def title(self) -> str:
+        client = self.client
+        if client.username is None or client.phase not in (m.READY, m.RECONNECTING):
+            return APP_NAME
+        parts = [APP_NAME, client.username]
+        if client.total_unread:
+            parts.append(f"{client.total_unread} unread")
+        if client.phase == m.RECONNECTING:
+            parts.append("reconnecting…")
+        return " — ".join(parts)
+
+    def quit(self) -> None:
+        if self.chat is not None:
+            self.chat.save_draft()
+        self.client.close()  # sends exit: the user goes offline at once
+        self._dump_state()
+        self.root.destroy()
+
+    def _dump_state(self) -> None:
+        if not self.config.state_file:
+            return
+        state: dict[str, Any] = snapshot(self.client)
+        state["title"] = self.title()
+        state["screen"] = "chat" if self.screen is self.chat else "login"
+        try:
+            focus = self.root.focus_get()
+        except (KeyError, tk.TclError):
+            focus = None
+        names = {}
+        if self.chat is not None:
+            names = {self.chat.users: "users", self.chat.entry: "entry"}
+            state["composer"] = self.chat.entry.get("1.0", "end-1c")
+        names.update({self.login.username: "username", self.login.password: "password"})
+        state["focus"] = names.get(focus, str(focus) if focus else None)
+        text = json.dumps(state, ensure_ascii=False, sort_keys=True)
+        if text != self._last_state:
+            self._last_state = text
+            path = Path(self.config.state_file)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)  # readers never see half a file
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("CHAT_LOG_LEVEL", "WARNING").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        app = ChatWindow(config)
+    except tk.TclError as exc:
+        print(f"chatapp: cannot open a window: {exc}", file=sys.stderr)
+        return 2
+    app.root.mainloop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
