@@ -18,7 +18,9 @@ const state = {
   convs: new Map(), // name -> {messages, ids, hasMore, loaded, loadingOlder}
   open: null,
   cursor: null,
-  counted: new Set(), // message ids already counted as unread (events may repeat)
+  // Unread increments applied from events, by buffer position: a users list
+  // fetched later reflects those at or before its cursor and not the others.
+  bumps: [], // {pos, peer}
   readSent: new Map(), // name -> highest up_to sent
 };
 
@@ -139,7 +141,7 @@ async function loadOlder() {
 }
 
 // -- events from the server ----------------------------------------------------
-function onMessage(m) {
+function onMessage(m, pos) {
   const peer = m.from === state.me ? m.to : m.from;
   const c = conv(peer);
   const added = addMessages(c, [m]);
@@ -151,34 +153,47 @@ function onMessage(m) {
     }
   }
   const user = state.users.get(peer);
-  if (m.from !== state.me && user && !state.counted.has(m.id)) {
-    state.counted.add(m.id);
+  if (m.from !== state.me && user && added) {
     user.unread += 1;
+    if (pos !== undefined) {
+      state.bumps.push({ pos, peer });
+      if (state.bumps.length > 500) state.bumps.splice(0, 250);
+    }
   }
 }
 
-let refreshPending = false;
+let refreshing = false;
+let refreshAgain = false;
 async function refreshUsers() {
   // Read markers set in another tab or window: the server owns the counts.
-  if (refreshPending) return;
-  refreshPending = true;
+  // Calls while one runs fold into one more run, so none is lost.
+  if (refreshing) {
+    refreshAgain = true;
+    return;
+  }
+  refreshing = true;
   try {
-    await sleep(50);
-    const cursor = state.cursor;
-    await loadUsers();
-    state.cursor = cursor;
-    renderAll();
+    do {
+      refreshAgain = false;
+      await sleep(50); // a burst of events costs one request
+      const asOf = await loadUsers();
+      for (const b of state.bumps) {
+        const user = state.users.get(b.peer);
+        if (b.pos > asOf && user && !(b.peer === state.open && visible())) user.unread += 1;
+      }
+      renderAll();
+    } while (refreshAgain);
   } catch (err) {
     if (!(err instanceof NetworkError)) throw err;
   } finally {
-    refreshPending = false;
+    refreshing = false;
   }
 }
 
 async function reload() {
   // After a reset: start again from what the server holds now.
   state.cursor = await loadUsers();
-  state.counted.clear();
+  state.bumps = [];
   const open = state.open;
   for (const [name, c] of state.convs) if (name !== open) c.loaded = false;
   if (open) {
@@ -195,11 +210,12 @@ async function reload() {
   renderAll();
 }
 
-function onEvents(events) {
+function onEvents(events, from) {
+  // Buffer cursors are consecutive: event i of a reply sits at from + i + 1.
   let usersChanged = false;
-  for (const ev of events) {
+  for (const [i, ev] of events.entries()) {
     if (ev.type === "message") {
-      onMessage(ev.message);
+      onMessage(ev.message, from + i + 1);
       usersChanged = true;
     } else if (ev.type === "presence") {
       const user = state.users.get(ev.username);
@@ -242,8 +258,9 @@ async function pollLoop() {
       }
       continue;
     }
+    const from = state.cursor;
     state.cursor = res.data.cursor;
-    onEvents(res.data.events);
+    onEvents(res.data.events, from);
     if (!longpoll && res.data.events.length === 0) await sleep(POLL_INTERVAL_MS);
   }
 }
