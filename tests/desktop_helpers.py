@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import socket
 import time
@@ -68,6 +70,16 @@ class Peer:
         self.sock.close()
 
 
+def unread_on_server(host: str, port: int, name: str, password: str, peer: str) -> int:
+    """``name``'s unread count for ``peer`` as the core reports it to a fresh session."""
+    probe = Peer(host, port)
+    try:
+        probe.login(name, password)
+        return probe.user(peer)["unread"]
+    finally:
+        probe.close()
+
+
 def drive(
     client: ChatClient, pred: Callable[[], Any], timeout: float = 10.0, what: str = ""
 ) -> Any:
@@ -85,3 +97,53 @@ def logged_in(host: str, port: int, name: str, password: str) -> ChatClient:
     client.login(name, password)
     drive(client, lambda: client.phase == "ready", what=f"{name} to log in")
     return client
+
+
+# -- X11 helpers for the window tests ---------------------------------------------------
+
+
+class _ClientMessage(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("serial", ctypes.c_ulong),
+        ("send_event", ctypes.c_int),
+        ("display", ctypes.c_void_p),
+        ("window", ctypes.c_ulong),
+        ("message_type", ctypes.c_ulong),
+        ("format", ctypes.c_int),
+        ("data", ctypes.c_long * 5),
+    ]
+
+
+class _XEvent(ctypes.Union):
+    _fields_ = [("xclient", _ClientMessage), ("pad", ctypes.c_long * 24)]
+
+
+def close_window(display: str, window: int) -> None:
+    """Ask ``window`` to close exactly as a window manager's close button does:
+    a WM_PROTOCOLS / WM_DELETE_WINDOW client message (Xvfb has no WM to do it)."""
+    xlib = ctypes.CDLL(ctypes.util.find_library("X11") or "libX11.so.6")
+    xlib.XOpenDisplay.restype = ctypes.c_void_p
+    xlib.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    xlib.XInternAtom.restype = ctypes.c_ulong
+    xlib.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    xlib.XSendEvent.argtypes = [
+        ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.POINTER(_XEvent)
+    ]  # fmt: skip
+    xlib.XFlush.argtypes = [ctypes.c_void_p]
+    xlib.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    dpy = xlib.XOpenDisplay(display.encode())
+    assert dpy, f"cannot open X display {display}"
+    try:
+        event = _XEvent()
+        msg = event.xclient
+        msg.type = 33  # ClientMessage
+        msg.window = window
+        msg.message_type = xlib.XInternAtom(dpy, b"WM_PROTOCOLS", 0)
+        msg.format = 32
+        msg.data[0] = xlib.XInternAtom(dpy, b"WM_DELETE_WINDOW", 0)
+        msg.data[1] = 0  # CurrentTime
+        assert xlib.XSendEvent(dpy, window, 0, 0, ctypes.byref(event))
+        xlib.XFlush(dpy)
+    finally:
+        xlib.XCloseDisplay(dpy)

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 from conftest import wait_for
-from desktop_helpers import Peer, drive, logged_in
+from desktop_helpers import Peer, drive, logged_in, unread_on_server
 
 from legacy_socket_server.desktop import model as model_mod
 from legacy_socket_server.desktop.conversation import Conversation
@@ -89,12 +89,8 @@ def test_send_receive_unread_and_read_marking(core_proc, bob) -> None:
 
 
 def _unread_on_server(core_proc, name: str, peer: str) -> int:
-    probe = Peer(core_proc.host, core_proc.port)
-    try:
-        probe.login(name, {"Alice": "123", "Bob": "456", "Charlie": "789"}[name])
-        return probe.user(peer)["unread"]
-    finally:
-        probe.close()
+    password = {"Alice": "123", "Bob": "456", "Charlie": "789"}[name]
+    return unread_on_server(core_proc.host, core_proc.port, name, password, peer)
 
 
 def test_presence_changes_show_live(core_proc) -> None:

@@ -87,7 +87,18 @@ def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
         background=[("disabled", "#93c5fd"), ("pressed", ACCENT_DARK), ("active", ACCENT_DARK)],
         foreground=[("disabled", "#eff6ff")],
     )
-    style.configure("TScrollbar", troughcolor=SURFACE, background="#cbd5e1", bordercolor=SURFACE)
+    # A slim scrollbar without arrow buttons, like current desktop toolkits.
+    style.layout(
+        "Slim.Vertical.TScrollbar",
+        [("Vertical.Scrollbar.trough", {"sticky": "ns", "children": [
+            ("Vertical.Scrollbar.thumb", {"expand": "1", "sticky": "nswe"})]})],
+    )  # fmt: skip
+    style.configure(
+        "Slim.Vertical.TScrollbar", troughcolor=SURFACE, background="#cbd5e1",
+        bordercolor=SURFACE, lightcolor="#cbd5e1", darkcolor="#cbd5e1", gripcount=0,
+        arrowsize=8,
+    )  # fmt: skip
+    style.map("Slim.Vertical.TScrollbar", background=[("active", "#94a3b8")])
     return fonts
 
 
@@ -105,6 +116,7 @@ class UserList(tk.Canvas):
         self.users: list[User] = []
         self.cursor = 0
         self.open_name: str | None = None
+        self.stale = False  # presence unknown while reconnecting: every dot grey
         for seq, handler in (
             ("<Up>", lambda e: self.move(-1)),
             ("<Down>", lambda e: self.move(1)),
@@ -128,11 +140,12 @@ class UserList(tk.Canvas):
     def cursor_name(self) -> str | None:
         return self.users[self.cursor].username if self.users else None
 
-    def set_users(self, users: Sequence[User], open_name: str | None) -> None:
+    def set_users(self, users: Sequence[User], open_name: str | None, stale: bool = False) -> None:
         # The cursor follows its user when the order changes (presence re-sorts the list).
         keep = self.cursor_name
         self.users = list(users)
         self.open_name = open_name
+        self.stale = stale
         names = [u.username for u in self.users]
         self.cursor = names.index(keep) if keep in names else 0
         self.redraw()
@@ -181,7 +194,7 @@ class UserList(tk.Canvas):
                 self.create_rectangle(
                     7, y0 + 3, width - 7, y0 + self.ROW - 3, outline="#93c5fd", width=2
                 )
-            dot = ONLINE if user.online else OFFLINE
+            dot = ONLINE if user.online and not self.stale else OFFLINE
             self.create_oval(20, mid - 5, 30, mid + 5, fill=dot, outline=dot)
             colour = SIDEBAR_TEXT if user.online or is_open else SIDEBAR_MUTED
             font = self.fonts["bold"] if user.unread else self.fonts["body"]
@@ -235,7 +248,9 @@ class MessageView(ttk.Frame):
             cursor="arrow",
             takefocus=0,
         )
-        bar = ttk.Scrollbar(self, orient="vertical", command=self.text.yview)
+        bar = ttk.Scrollbar(
+            self, orient="vertical", command=self.text.yview, style="Slim.Vertical.TScrollbar"
+        )
         self.text.configure(yscrollcommand=lambda a, b: (bar.set(a, b), self._scrolled(a)))
         bar.pack(side="right", fill="y")
         self.text.pack(side="left", fill="both", expand=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tkinter as tk
 from pathlib import Path
@@ -217,7 +218,7 @@ class ChatScreen(ttk.Frame):
     # -- rendering ------------------------------------------------------------------
     def refresh_users(self) -> None:
         client = self.app.client
-        self.users.set_users(client.sorted_users(), client.peer)
+        self.users.set_users(client.sorted_users(), client.peer, client.phase == m.RECONNECTING)
         self.me.configure(text=f"Signed in as {client.username}")
         self.refresh_header()
 
@@ -229,10 +230,12 @@ class ChatScreen(ttk.Frame):
             self.peer_name.configure(text="No conversation open")
             self.peer_status.configure(text="")
             return
-        colour = ONLINE if user.online else OFFLINE
+        online = user.online and client.phase == m.READY
+        colour = ONLINE if online else OFFLINE
         self.peer_dot.create_oval(1, 1, 11, 11, fill=colour, outline=colour)
         self.peer_name.configure(text=user.username)
-        self.peer_status.configure(text="online" if user.online else "offline")
+        status = "online" if online else "offline"
+        self.peer_status.configure(text=status if client.phase == m.READY else "status unknown")
 
     def refresh_conversation(self) -> None:
         client = self.app.client
@@ -344,6 +347,8 @@ class ChatWindow:
         return " — ".join(parts)
 
     def quit(self) -> None:
+        if self.client.phase == m.CLOSED:
+            return  # already quitting (close button and SIGTERM together)
         if self.chat is not None:
             self.chat.save_draft()
         self.client.close()  # sends exit: the user goes offline at once
@@ -387,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     except tk.TclError as exc:
         print(f"chatapp: cannot open a window: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM (logout, ``docker stop``) quits like the close button: exit is sent.
+    signal.signal(signal.SIGTERM, lambda *_: app.root.after(0, app.quit))
     app.root.mainloop()
     return 0
 
