@@ -95,6 +95,40 @@ def write_snapshot(path: Path, state: HistoryState) -> int:
     return size
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_message(m: Any) -> bool:
+    return (
+        isinstance(m, dict)
+        and _is_int(m.get("id"))
+        and all(isinstance(m.get(k), str) for k in ("from", "to", "text"))
+    )
+
+
+def _is_markers(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(peers, dict) and all(_is_int(n) for n in peers.values()) for peers in v.values()
+    )
+
+
+def _is_record(rec: dict[str, Any]) -> bool:
+    """A journal line the replay can apply (unknown ops are skipped, as before)."""
+    op = rec.get("op")
+    if op == "message":
+        return _is_message(rec.get("message"))
+    if op == "read":
+        return (
+            isinstance(rec.get("user"), str)
+            and isinstance(rec.get("with"), str)
+            and _is_int(rec.get("up_to"))
+        )
+    if op == "boot":
+        return _is_int(rec.get("boot"))
+    return True
+
+
 class HistoryStore:
     def __init__(
         self,
@@ -155,17 +189,23 @@ class HistoryStore:
 
     def _check_snapshot(self, raw: Any) -> None:
         where = f"{self.snapshot_path}"
-        if not isinstance(raw, dict) or not isinstance(raw.get("messages"), list):
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("messages"), list)
+            or not _is_markers(raw.get("read_markers", {}))
+            or not all(_is_int(raw.get(k, 1)) for k in ("next_id", "boot"))
+        ):
             raise StoreError(
-                f"{where} line 1: expected an object with a 'messages' list — fix or restore "
-                "the file; it was not modified"
+                f"{where} line 1: expected an object with a 'messages' list, 'read_markers' "
+                "and integer 'next_id' and 'boot' — fix or restore the file; it was not modified"
             )
         prev = 0
         for i, m in enumerate(raw["messages"]):
-            if not isinstance(m, dict) or not isinstance(m.get("id"), int) or m["id"] <= prev:
+            if not _is_message(m) or m["id"] <= prev:
                 raise StoreError(
-                    f"{where}: message #{i + 1} (line {i + 4}) is not a message with an "
-                    "increasing integer id — fix or restore the file; it was not modified"
+                    f"{where}: message #{i + 1} (line {i + 4}) is not a message (from, to, "
+                    "text) with an increasing integer id — fix or restore the file; it was "
+                    "not modified"
                 )
             prev = m["id"]
 
@@ -185,6 +225,8 @@ class HistoryStore:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
+                if not _is_record(rec):
+                    raise ValueError(f"not a valid {rec.get('op')!r} record")
             except ValueError as exc:
                 if last:
                     log.warning(

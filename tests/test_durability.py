@@ -1,0 +1,307 @@
+"""Durability: kill -9, torn journals, clean stops, corrupt files, compaction, fsync modes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, CoreProcess
+from core_helpers import RawClient, async_wait_for, seed_users
+
+from legacy_socket_server.server import CoreServer, ServerConfig
+from legacy_socket_server.store import HistoryStore
+
+
+async def connect(core: CoreProcess) -> RawClient:
+    return await RawClient.connect(core.host, core.port)
+
+
+async def send_many(core: CoreProcess, n: int, sender: str = "Alice", to: str = "Bob") -> list[int]:
+    c = await connect(core)
+    await c.login(sender)
+    ids = [
+        (await c.call("send_message", to=to, text=f"{sender} #{i}"))["message"]["id"]
+        for i in range(n)
+    ]
+    await c.close()
+    return ids
+
+
+async def history_ids(core: CoreProcess, user: str = "Bob", peer: str = "Alice") -> list[int]:
+    c = await connect(core)
+    await c.login(user)
+    ids: list[int] = []
+    before: int | None = None
+    while True:
+        fields: dict[str, Any] = {"with": peer, "limit": 200}
+        if before is not None:
+            fields["before"] = before
+        page = await c.call("history", **fields)
+        ids = [m["id"] for m in page["messages"]] + ids
+        if not page["has_more"]:
+            break
+        before = page["messages"][0]["id"]
+    await c.close()
+    return ids
+
+
+def run_core_expecting_failure(data_dir: Path) -> tuple[int, str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "legacy_socket_server", "--port", "0", "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return proc.returncode, proc.stderr + proc.stdout
+
+
+async def test_sigkill_after_ack_loses_nothing(core_proc: CoreProcess) -> None:
+    ids = await send_many(core_proc, 200)
+    b = await connect(core_proc)
+    await b.login("Bob")
+    await b.call("read", **{"with": "Alice"}, up_to=ids[149])
+    core_proc.kill()  # right after the acknowledgements, no flush, no compaction
+    core_proc.start()
+    assert await history_ids(core_proc) == ids
+    b = await connect(core_proc)
+    users = (await b.login("Bob"))["users"]
+    assert users[0] == {"username": "Alice", "online": False, "unread": 50}
+    # Ids go on from where they were, never reused.
+    more = await send_many(core_proc, 3)
+    assert more[0] > ids[-1] and more == sorted(set(more))
+    await b.close()
+
+
+async def test_torn_journal_tail_is_dropped_with_warning(core_proc: CoreProcess) -> None:
+    ids = await send_many(core_proc, 20)
+    core_proc.kill()
+    journal = core_proc.data_dir / "history.journal"
+    intact = journal.read_bytes()
+    assert intact.endswith(b"\n")
+    with open(journal, "ab") as f:
+        f.write(b'{"op":"message","message":{"id":999,"from":"Alice","to":"Bo')
+    core_proc.start()
+    assert await history_ids(core_proc) == ids
+    log = core_proc.log_text()
+    assert "WARNING" in log and "torn" in log and "history.journal" in log
+    # The journal is usable again: more writes, another crash, another clean start.
+    more = await send_many(core_proc, 5)
+    assert more[0] > ids[-1]
+    core_proc.kill()
+    core_proc.start()
+    assert await history_ids(core_proc) == ids + more
+
+
+async def test_clean_stop_leaves_snapshot_and_empty_journal(core_proc: CoreProcess) -> None:
+    ids = await send_many(core_proc, 30)
+    b = await connect(core_proc)
+    await b.login("Bob")
+    await b.call("read", **{"with": "Alice"}, up_to=ids[9])
+    await b.close()
+    assert core_proc.stop() == 0
+    data = core_proc.data_dir
+    snap = json.loads((data / "history.json").read_text())
+    assert [m["id"] for m in snap["messages"]] == ids
+    assert snap["read_markers"]["Bob"]["Alice"] == ids[9]
+    assert snap["next_id"] > ids[-1]
+    assert (data / "history.journal").stat().st_size == 0
+    assert not list(data.glob("history.journal.*"))
+    core_proc.start()
+    assert await history_ids(core_proc) == ids
+    c = await connect(core_proc)
+    assert (await c.login("Bob"))["users"][0]["unread"] == 20
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line"),
+    [
+        ("history.json", b'{"version": 1,\n "next_id": 3,\n "messages": [\n  {"id": 1,}\n ]}\n', 4),
+        ("history.json", b"\xff\xfe garbage", 1),
+        ("history.json", b'{"version": 1, "messages": [\n{"id": 2}, {"id": 1}]}', None),
+        (
+            "history.json",
+            b'{"version": 1, "next_id": 2,\n "read_markers": {},\n'
+            b' "messages": [\n  {"id": 1, "text": "no sender"}\n ]}\n',
+            4,
+        ),
+        ("history.json", b'{"version": 1, "read_markers": [], "messages": []}', 1),
+        (
+            "history.journal",
+            b'{"op":"boot","boot":1}\n{"op":"message"}\n{"op":"boot","boot":2}\n',
+            2,
+        ),
+        ("history.journal", b'{"op":"read","user":"Bob","with":"Alice","up_to":"9"}\n{}\n', 1),
+        ("users.json", b'{\n  "Alice": {"password_hash": "x"}\n  "Bob": {}\n}\n', 3),
+        ("users.json", b"[]", 1),
+    ],
+)
+def test_corrupt_file_refuses_to_start_and_is_untouched(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    content: bytes,
+    line: int | None,
+) -> None:
+    data = tmp_path / "data"
+    seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+    journal = data / "history.journal"
+    journal.write_bytes(b'{"op":"boot","boot":1}\n')
+    (data / name).write_bytes(content)
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    rc, out = run_core_expecting_failure(data)
+    assert rc != 0
+    assert name in out and "listening" not in out
+    if line is not None:
+        assert f"line {line}" in out, out
+    after = {p.name: p.read_bytes() for p in data.iterdir()}
+    assert after == before  # byte for byte, and nothing new
+
+
+def test_bad_journal_line_in_the_middle_refuses(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = tmp_path / "data"
+    seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+    msg = {"id": 1, "from": "Alice", "to": "Bob", "text": "x", "ts": "2026-01-01T00:00:00.000Z"}
+    content = (
+        b'{"op":"boot","boot":1}\nnot json\n'
+        + json.dumps({"op": "message", "message": msg}).encode()
+        + b"\n"
+    )
+    (data / "history.journal").write_bytes(content)
+    rc, out = run_core_expecting_failure(data)
+    assert rc != 0 and "history.journal line 2" in out
+    assert (data / "history.journal").read_bytes() == content
+
+
+async def test_ids_never_reused_across_restarts(core_proc: CoreProcess) -> None:
+    all_ids: list[int] = []
+    all_ids += await send_many(core_proc, 3)
+    core_proc.kill()
+    core_proc.start()
+    all_ids += await send_many(core_proc, 3, "Bob", "Alice")
+    core_proc.stop()
+    core_proc.start()
+    all_ids += await send_many(core_proc, 3)
+    core_proc.kill()
+    core_proc.start()
+    all_ids += await send_many(core_proc, 3, "Charlie", "Alice")
+    assert all_ids == sorted(all_ids) and len(set(all_ids)) == len(all_ids)
+
+
+async def test_cursor_and_token_across_restart(core_proc: CoreProcess) -> None:
+    c = await connect(core_proc)
+    login = await c.login("Alice")
+    await c.close()
+    core_proc.stop()
+    core_proc.start()
+    c = await connect(core_proc)
+    r = await c.call("resume", token=login["token"])
+    assert r["username"] == "Alice" and r["cursor"] != login["cursor"]
+    poll = await c.call("poll", cursor=login["cursor"])
+    assert poll["reset"] is True and poll["events"] == []
+    await c.close()
+
+
+async def test_read_markers_persist_across_kill(core_proc: CoreProcess) -> None:
+    ids = await send_many(core_proc, 4)
+    b = await connect(core_proc)
+    await b.login("Bob")
+    await b.call("read", **{"with": "Alice"}, up_to=ids[2])
+    await b.call("read", **{"with": "Alice"}, up_to=ids[0])  # backwards: ignored
+    await b.close()
+    core_proc.kill()
+    core_proc.start()
+    b = await connect(core_proc)
+    assert (await b.login("Bob"))["users"][0]["unread"] == 1
+    await b.close()
+
+
+async def test_plaintext_users_are_hashed_at_startup(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "users.json").write_text(
+        json.dumps({"Dana": "plain-secret-1", "Eve": {"password": "plain-secret-2"}})
+    )
+    core = CoreProcess(data).start(port=0)
+    try:
+        text = (data / "users.json").read_text()
+        assert "plain-secret" not in text
+        users = json.loads(text)
+        assert set(users) == {"Dana", "Eve"}
+        assert all(u["password_hash"].startswith("$argon2id$") for u in users.values())
+        assert "plaintext" in core.log_text()
+        c = await connect(core)
+        r = await c.login("Dana", "plain-secret-1")
+        assert r["users"] == [{"username": "Eve", "online": False, "unread": 0}]
+        await c.close()
+    finally:
+        core.stop()
+
+
+async def test_fsync_always(tmp_path: Path) -> None:
+    core = CoreProcess(tmp_path / "data", ["--fsync", "always"]).start(port=0)
+    try:
+        assert "fsync always" in core.log_text()
+        ids = await send_many(core, 50)
+        b = await connect(core)
+        await b.login("Bob")
+        await b.call("read", **{"with": "Alice"}, up_to=ids[-1])
+        await b.close()
+        core.kill()
+        core.start()
+        assert await history_ids(core) == ids
+        b = await connect(core)
+        assert (await b.login("Bob"))["users"][0]["unread"] == 0
+        await b.close()
+    finally:
+        core.stop()
+
+
+async def test_background_compaction(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    data = tmp_path / "data"
+    seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+    server = await CoreServer.start(ServerConfig(port=0, data_dir=data, min_compact_bytes=1000))
+    history = server.service.history
+    try:
+        c = await RawClient.connect("127.0.0.1", server.port)
+        await c.login("Alice")
+        ids = []
+        compactions = 0
+        for i in range(150):
+            r = await c.call("send_message", to="Bob", text=f"message {i} " + "z" * 40)
+            ids.append(r["message"]["id"])
+            if history._child is not None:
+                compactions += 1
+                await async_wait_for(lambda: history._child is None, 10, "compaction")
+        assert compactions >= 2
+        await async_wait_for(lambda: history._child is None, 10, "compaction")
+        snap = json.loads((data / "history.json").read_text())
+        snap_ids = [m["id"] for m in snap["messages"]]
+        assert snap_ids == ids[: len(snap_ids)] and len(snap_ids) > 50
+        # A crash now (no clean stop): snapshot + journal still hold everything.
+        crash = tmp_path / "crash-copy"
+        crash.mkdir()
+        for p in data.iterdir():
+            if p.name.startswith("history"):
+                (crash / p.name).write_bytes(p.read_bytes())
+        store = HistoryStore(crash)
+        state = store.load()
+        store.close()
+        assert [m["id"] for m in state.messages] == ids
+        assert state.next_id > ids[-1]
+        await c.close()
+    finally:
+        await server.stop()
+    snap = json.loads((data / "history.json").read_text())
+    assert [m["id"] for m in snap["messages"]] == ids
+    assert (data / "history.journal").stat().st_size == 0
+    assert not list(data.glob("history.journal.*"))
