@@ -398,6 +398,23 @@ async def test_core_restart_gives_503_then_recovers(
     await poll_until(client, cursor, lambda e: e.get("message", {}).get("id") == msg["id"])
 
 
+async def test_refused_token_ends_the_session(browser: Any, core_proc: CoreProcess) -> None:
+    client = await browser()
+    await login(client)
+    core_proc.kill()
+    (core_proc.data_dir / "tokens.json").unlink()  # the core forgets every token
+    await expect_error(
+        await client.post("/api/login", json={"username": "Bob", "password": "456"}),
+        503,
+        "core_unavailable",
+    )
+    core_proc.start()
+    await until(lambda: _status(client, "/api/users", 401), timeout=15, what="the session to end")
+    await expect_error(await client.get("/api/poll", params={"cursor": 0}), 401, "not_logged_in")
+    resp = await client.get("/", allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"] == "/login"
+
+
 async def _status(client: TestClient, path: str, status: int) -> bool:
     return (await client.get(path)).status == status
 

@@ -199,3 +199,18 @@ async def test_longpoll_mode_and_reconnecting_banner(
     await bob.client.send_message("Alice", "after the restart")
     await expect(page.locator(".msg.theirs .text").last).to_have_text("after the restart")
     await expect(page.locator(".msg.theirs .text", has_text="long-polled")).to_have_count(1)
+
+
+async def test_older_history_loads_on_scroll_up(chromium: Any, site: str, tcp: Any) -> None:
+    bob = await tcp("Bob")
+    for i in range(70):
+        await bob.client.send_message("Alice", f"note {i}")
+    page = await chromium.new_page(viewport={"width": 1000, "height": 600})
+    await log_in(page, site, "Alice", "123")
+    await user_button(page, "Bob").click()
+    texts = page.locator("#messages .msg .text")
+    await expect(texts).to_have_count(50)  # one page of history
+    await expect(texts.last).to_have_text("note 69")
+    await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
+    await expect(texts).to_have_count(70)
+    await expect(texts.first).to_have_text("note 0")
