@@ -8,7 +8,7 @@ An entry written by hand as ``"Bob": "secret"`` or ``"Bob": {"password": "secret
 is hashed at startup and the file rewritten atomically; plaintext never stays on disk.
 
 CLI: ``python -m legacy_socket_server.users [--data-dir DIR] add|passwd|remove|list NAME``.
-The running server notices the change (it re-reads the file when its mtime moves).
+The running server notices the change (it re-reads the file when its inode, size or mtime moves).
 """
 
 from __future__ import annotations
@@ -50,13 +50,19 @@ def fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class UserStore:
     """The users of one data directory, re-read when the file changes on disk."""
 
     def __init__(self, data_dir: Path, *, create_demo: bool = True) -> None:
         self.path = Path(data_dir) / USERS_FILE
         self._hashes: dict[str, str] = {}
-        self._mtime_ns: int | None = None
+        # (inode, size, mtime): mtimes alone are too coarse (a few ms on Linux), but
+        # every write is an atomic rename, so a new file always has a new inode.
+        self._stamp: tuple[int, int, int] | None = None
         if not self.path.exists():
             self._create(create_demo)
         self.reload()
@@ -111,22 +117,22 @@ class UserStore:
             log.warning("%s had plaintext passwords: hashed them with argon2id", self.path)
             st = self.path.stat()
         self._hashes = hashes
-        self._mtime_ns = st.st_mtime_ns
+        self._stamp = _stamp(st)
 
     def refresh(self) -> bool:
         """Re-read if the file changed on disk (the CLI edits it); True if it did."""
         try:
-            mtime = self.path.stat().st_mtime_ns
+            stamp = _stamp(self.path.stat())
         except OSError:
             return False
-        if mtime == self._mtime_ns:
+        if stamp == self._stamp:
             return False
         try:
             self.reload()
         except StoreError as exc:
             # Keep serving with the users we know rather than locking everyone out.
             log.error("ignoring the new %s: %s", self.path.name, exc)
-            self._mtime_ns = mtime
+            self._stamp = stamp
             return False
         return True
 

@@ -890,3 +890,18 @@ async def test_fsync_always_replies_after_commit(data_dir: Path) -> None:
         assert b'"durable"' in (data_dir / "history.journal").read_bytes()
     finally:
         svc.close()
+
+
+async def test_users_file_change_seen_even_with_same_mtime(
+    svc: ChatService, data_dir: Path
+) -> None:
+    # File systems stamp mtimes with a coarse clock: two writes a few ms apart
+    # can carry the same mtime. The service must still notice the new file.
+    a = Client(svc)
+    a.login("Alice")
+    path = data_dir / "users.json"
+    st = path.stat()
+    UserStore(data_dir).remove("Charlie")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [u["username"] for u in a.ok("users")["users"]] == ["Bob"]
+    a.err("send_message", "unknown_user", to="Charlie", text="hi")
