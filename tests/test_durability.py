@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, CoreProcess
 from core_helpers import RawClient, async_wait_for, seed_users
 
+from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
 from legacy_socket_server.store import HistoryStore
 
@@ -250,6 +251,21 @@ async def test_fsync_always(tmp_path: Path) -> None:
     try:
         assert "fsync always" in core.log_text()
         ids = await send_many(core, 50)
+        # Replies stay in request order even though sends wait for the fsync.
+        p = await connect(core)
+        await p.login("Alice")
+        reqs = [
+            {"purpose": "send_message", "id": 1, "to": "Bob", "text": "a"},
+            {"purpose": "ping", "id": 2},
+            {"purpose": "send_message", "id": 3, "to": "Bob", "text": "b"},
+            {"purpose": "history", "id": 4, "with": "Bob", "limit": 2},
+        ]
+        await p.send_raw(b"".join(encode(r) for r in reqs))
+        got = [await p.recv() for _ in reqs]
+        assert [g["id"] for g in got] == [1, 2, 3, 4] and all(g["ok"] for g in got)
+        assert [m["text"] for m in got[3]["messages"]] == ["a", "b"]
+        ids += [got[0]["message"]["id"], got[2]["message"]["id"]]
+        await p.close()
         b = await connect(core)
         await b.login("Bob")
         await b.call("read", **{"with": "Alice"}, up_to=ids[-1])
