@@ -189,24 +189,26 @@ def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_p
 
     # A message from Bob raises his unread count and the title's total.
     bob.send("Alice", "Hi Alice — café ☕, مرحبا, 👋")
-    state = app.wait_state(lambda s: s["users"][0]["unread"] == 1, "Bob's unread")
-    assert state["title"] == "Team Chat — Alice — 1 unread"
+    bob.send("Alice", "Are you joining the demo at three? I saved you a seat.")
+    state = app.wait_state(lambda s: s["users"][0]["unread"] == 2, "Bob's unread")
+    assert state["title"] == "Team Chat — Alice — 2 unread"
+    app.screenshot("unread.png")
 
     # Keyboard only: Down, Up, Enter opens Bob and puts the cursor in the composer.
     app.key("Down", "Up", "Return")
     state = app.wait_state(
         lambda s: s["peer"] == "Bob" and s["focus"] == "entry" and s["messages"], "open Bob"
     )
-    assert _last_text(state) == "Hi Alice — café ☕, مرحبا, 👋"
+    assert _last_text(state) == "Are you joining the demo at three? I saved you a seat."
     assert state["total_unread"] == 0 and state["title"] == "Team Chat — Alice"
 
     # Enter sends, Shift+Enter is a new line; Enter on an empty field sends nothing.
-    app.type("Hello Bob")
+    app.type("Yes, see you there!")
     app.key("shift+Return")
-    app.type("second line")
+    app.type("I will bring the slides.")
     app.key("Return")
     wait_for(
-        lambda: bob.history("Alice")[-1]["text"] == "Hello Bob\nsecond line",
+        lambda: bob.history("Alice")[-1]["text"] == "Yes, see you there!\nI will bring the slides.",
         what="the core to store Alice's message",
     )
     app.wait_state(lambda s: s["composer"] == "" and s["pending"] == 0, "composer cleared")
@@ -222,7 +224,8 @@ def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_p
     texts = [m["text"] for m in bob.history("Alice")]
     assert texts == [
         "Hi Alice — café ☕, مرحبا, 👋",
-        "Hello Bob\nsecond line",
+        "Are you joining the demo at three? I saved you a seat.",
+        "Yes, see you there!\nI will bring the slides.",
         "Got it, thanks!",
     ]  # the empty Enter sent nothing
     shot = app.screenshot("chat.png")

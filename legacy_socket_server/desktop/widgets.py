@@ -86,6 +86,9 @@ def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
         "Accent.TButton",
         background=[("disabled", "#93c5fd"), ("pressed", ACCENT_DARK), ("active", ACCENT_DARK)],
         foreground=[("disabled", "#eff6ff")],
+        bordercolor=[("disabled", "#93c5fd")],
+        lightcolor=[("disabled", "#93c5fd")],
+        darkcolor=[("disabled", "#93c5fd")],
     )
     # A slim scrollbar without arrow buttons, like current desktop toolkits.
     style.layout(
@@ -221,6 +224,21 @@ def format_ts(ts: str) -> str:
     return when.strftime("%d %b %H:%M")
 
 
+#: Messages from one sender this close together share one header, as in most chat apps.
+GROUP_SECONDS = 300
+
+
+def continues(prev: dict[str, Any], m: dict[str, Any]) -> bool:
+    """True if ``m`` belongs to ``prev``'s run (same sender, within GROUP_SECONDS)."""
+    if prev["from"] != m["from"] or m.get("pending") or prev.get("pending"):
+        return False
+    try:
+        gap = datetime.fromisoformat(m["ts"]) - datetime.fromisoformat(prev["ts"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return abs(gap.total_seconds()) <= GROUP_SECONDS
+
+
 class MessageView(ttk.Frame):
     """The conversation: a read-only Text, one tinted block per message.
 
@@ -320,10 +338,17 @@ class MessageView(ttk.Frame):
         if n_old and len(keys) > n_old and keys[-n_old:] == self.shown:
             # An older page: insert above, then put the old top line back at the top.
             t.mark_set("viewtop", t.index("@0,0"))
-            for m, k in zip(
-                reversed(messages[: len(keys) - n_old]), reversed(keys[:-n_old]), strict=True
-            ):
-                self._insert("1.0", m, k, me)
+            n_new = len(keys) - n_old
+            for i in reversed(range(n_new)):
+                self._insert("1.0", messages[i], keys[i], me, messages[i - 1] if i else None)
+            if continues(messages[n_new - 1], messages[n_new]):
+                # The old first message now follows its sender's run: drop its header line.
+                first = f"m:{keys[n_new]}"
+                start = t.index(first)
+                t.delete(first, f"{first} lineend +1c")
+                side = "mine" if messages[n_new]["from"] == me else "theirs"
+                t.insert(start, "\n", (side, "pad"))
+                t.mark_set(first, start)
             t.yview("viewtop")
         else:
             same = 0
@@ -333,27 +358,29 @@ class MessageView(ttk.Frame):
                 t.delete(f"m:{self.shown[same]}", "end")
                 for k in self.shown[same:]:
                     t.mark_unset(f"m:{k}")
-            for m, k in zip(messages[same:], keys[same:], strict=True):
-                self._insert("end", m, k, me)
+            for i in range(same, len(keys)):
+                self._insert("end", messages[i], keys[i], me, messages[i - 1] if i else None)
             own_new = any(m["from"] == me for m in messages[same:])
             if at_bottom or own_new or not n_old:
                 t.see("end")
         self.shown = keys
         t.configure(state="disabled")
 
-    def _insert(self, index: str, m: dict[str, Any], key: str, me: str) -> None:
+    def _insert(
+        self, index: str, m: dict[str, Any], key: str, me: str, prev: dict[str, Any] | None
+    ) -> None:
         t = self.text
         start = t.index("end-1c" if index == "end" else index)
         mine = m["from"] == me
         side = "mine" if mine else "theirs"
         when = "sending…" if m.get("pending") else format_ts(m.get("ts", ""))
         extra = ("pending",) if m.get("pending") else ()
+        header: tuple[Any, ...] = ("\n", (side, "pad"))  # a run's later bubbles: padding only
+        if prev is None or not continues(prev, m):
+            header = ("You" if mine else m["from"], (side, "name"), f"   {when}\n", (side, "time"))
         t.insert(
             index,
-            "You" if mine else m["from"],
-            (side, "name"),
-            f"   {when}\n",
-            (side, "time"),
+            *header,
             m["text"] + "\n",
             (side, "body", *extra),
             "\n",
