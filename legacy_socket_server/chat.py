@@ -75,6 +75,7 @@ class Session:
         self.cursor = 0
         self.held: tuple[dict[str, Any], asyncio.TimerHandle] | None = None
         self.closed = False
+        self.exited = False
 
 
 class ChatError(Exception):
@@ -328,6 +329,7 @@ class ChatService:
     def _exit(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         if session.token is not None:
             self.tokens.revoke(session.token)
+        session.exited = True
         self.disconnect(session)
         return {}
 
@@ -339,6 +341,8 @@ class ChatService:
         if session.held is not None:
             session.held[1].cancel()
             session.held = None
+        if session.token is not None and not session.exited:
+            self.tokens.touch(session.token)
         name = session.username
         if name is None:
             return
@@ -482,6 +486,7 @@ class ChatService:
                 log.error("read refused: %s", exc)
                 raise ChatError("storage_unavailable", "the server cannot save read markers now")
             peers[peer] = new
+            self._maybe_compact()
             self._emit(user, {"type": "read", "with": peer, "up_to": new}, skip=session.id)
             return self._after_commit(commit, base, {"up_to": new})
         return {"up_to": new}

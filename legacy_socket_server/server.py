@@ -166,7 +166,7 @@ class Connection(asyncio.Protocol):
                     "id": reply.get("id"),
                     "ok": False,
                     "error": "internal_error",
-                    "message": "reply too large",
+                    "message": "the reply could not be encoded",
                 }
             )
         t.write(data)

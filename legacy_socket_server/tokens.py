@@ -41,11 +41,23 @@ class TokenStore:
         # digest -> {"user": name, "pw": fingerprint, "used": unix time}
         self._records: dict[str, dict[str, object]] = {}
         if self.path.exists():
-            raw = load_json_file(self.path)
-            if not isinstance(raw, dict):
-                raise StoreError(f"{self.path} line 1: expected an object — fix or delete it")
-            self._records = raw
+            try:
+                self._records = self._load()
+            except StoreError as exc:
+                # Tokens only spare people a password prompt after a reconnect;
+                # a damaged file must not keep the whole chat down. Keep it aside.
+                aside = self.path.with_name(f"{TOKENS_FILE}.corrupt-{int(time.time())}")
+                self.path.rename(aside)
+                log.error("%s; moved it to %s: everyone logs in again once", exc, aside.name)
         self._expire(time.time())
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        raw = load_json_file(self.path)
+        if not isinstance(raw, dict) or not all(
+            isinstance(r, dict) and {"user", "pw", "used"} <= r.keys() for r in raw.values()
+        ):
+            raise StoreError(f"{self.path}: not an object of token records")
+        return raw
 
     def _expire(self, now: float) -> bool:
         old = [d for d, r in self._records.items() if now - float(r.get("used", 0)) > TOKEN_TTL]  # type: ignore[arg-type]
@@ -87,6 +99,14 @@ class TokenStore:
             rec["used"] = now
             self._save()
         return user
+
+    def touch(self, token: str) -> None:
+        """Note a use (a session ending): keeps long-lived sessions' tokens alive."""
+        rec = self._records.get(_digest(token))
+        now = time.time()
+        if rec is not None and now - float(rec["used"]) > USE_PERSIST_SLACK:  # type: ignore[arg-type]
+            rec["used"] = now
+            self._save()
 
     def revoke(self, token: str) -> None:
         if self._records.pop(_digest(token), None) is not None:
