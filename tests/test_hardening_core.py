@@ -237,3 +237,16 @@ async def test_read_only_data_dir_refuses_writes_then_recovers(
     await bob.call("history", **{"with": "Alice"})
     monkeypatch.setattr(store_module.os, "write", real_write)
     await assert_still_chatting(alice, bob, "writable again")
+
+
+async def test_damaged_tokens_file_is_set_aside_not_fatal(
+    start_core: StartCore, tmp_path: Path
+) -> None:
+    data = tmp_path / "tok"
+    data.mkdir()
+    (data / "tokens.json").write_text('{"abc": [1, 2')  # torn by hand
+    core = await start_core(data)
+    alice, bob = await chatting_pair(core)
+    await assert_still_chatting(alice, bob, "despite a damaged tokens.json")
+    aside = list(data.glob("tokens.json.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_text() == '{"abc": [1, 2'
