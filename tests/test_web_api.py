@@ -104,6 +104,7 @@ async def test_pages_redirect_by_session_and_carry_security_headers(browser: Any
     client = await browser()
     resp = await client.get("/", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "/login"
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
     resp = await client.get("/login")
     assert resp.status == 200
     page = await resp.text()
@@ -112,9 +113,13 @@ async def test_pages_redirect_by_session_and_carry_security_headers(browser: Any
     await login(client)
     resp = await client.get("/login", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "/"
+    resp = await client.post("/api/nowhere", json={})
+    assert resp.status == 404 and resp.headers["X-Content-Type-Options"] == "nosniff"
     for path in ("/", "/static/style.css", "/static/chat.js", "/api/users", "/healthz"):
         resp = await client.get(path)
         assert resp.status == 200, path
+        if path.startswith("/api/"):
+            assert resp.headers["Cache-Control"] == "no-store"
         csp = resp.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
