@@ -177,6 +177,12 @@ class Gateway:
         """Forward one request; raise CoreError, CoreUnavailable or NotLoggedIn."""
         if not session.connected:
             raise CoreUnavailable("reconnecting to the core")
+        if purpose == "users":
+            # The reply is paired with the buffer head (web.py). If the pump has
+            # just been woken, let it append and re-arm its poll first, so the
+            # core answers that poll before this request and the head covers
+            # every event the list already counts.
+            await asyncio.sleep(0)
         reply = await session.client.call(purpose, **fields)
         if purpose == "read":
             # The core tells a user's *other* connections about a moved marker;

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import ROOT, CoreProcess
-from web_helpers import TcpUser, until
+from web_helpers import TcpUser, expect_error, login, poll_until, status_is, until
 
 from app.config import WebConfig
 from app.web import create_app
@@ -57,39 +57,6 @@ async def tcp(core_proc: CoreProcess) -> AsyncIterator[Callable[[str], Awaitable
     yield login
     for u in users:
         await u.close()
-
-
-async def login(client: TestClient, name: str = "Alice", password: str | None = None) -> dict:
-    from conftest import DEMO_USERS
-
-    resp = await client.post(
-        "/api/login", json={"username": name, "password": password or DEMO_USERS[name]}
-    )
-    assert resp.status == 200, await resp.text()
-    return await resp.json()
-
-
-async def expect_error(resp: aiohttp.ClientResponse, status: int, code: str) -> None:
-    assert resp.status == status, await resp.text()
-    body = await resp.json()
-    assert body["error"] == code and isinstance(body["message"], str)
-
-
-async def poll_until(client: TestClient, cursor: int, match: Callable[[dict], bool]) -> tuple:
-    """Poll (long-poll, 1 s at a time) until an event matches; return (event, cursor)."""
-    seen: list[dict] = []
-
-    async def step() -> dict | None:
-        nonlocal cursor
-        resp = await client.get("/api/poll", params={"cursor": cursor, "wait_ms": 1000})
-        assert resp.status == 200, await resp.text()
-        body = await resp.json()
-        cursor = body["cursor"]
-        seen.extend(body["events"])
-        return next((e for e in seen if match(e)), None)
-
-    event = await until(step, timeout=10, what="a matching event")
-    return event, cursor
 
 
 # -- health, pages, headers --
@@ -382,7 +349,7 @@ async def test_core_restart_gives_503_then_recovers(
     client = await browser()
     cursor = (await login(client))["cursor"]
     core_proc.kill()
-    await until(lambda: _status(client, "/healthz", 503), timeout=10, what="healthz to turn 503")
+    await until(lambda: status_is(client, "/healthz", 503), timeout=10, what="healthz to turn 503")
     body = await (await client.get("/healthz")).json()
     assert body == {"status": "unavailable", "error": "core_unavailable"}
     await expect_error(await client.get("/api/users"), 503, "core_unavailable")
@@ -392,8 +359,8 @@ async def test_core_restart_gives_503_then_recovers(
     resp = await client.post("/api/messages", json={"to": "Bob", "text": "lost?"})
     await expect_error(resp, 503, "core_unavailable")
     core_proc.start()
-    await until(lambda: _status(client, "/healthz", 200), timeout=15, what="healthz back")
-    await until(lambda: _status(client, "/api/users", 200), timeout=15, what="session resumed")
+    await until(lambda: status_is(client, "/healthz", 200), timeout=15, what="healthz back")
+    await until(lambda: status_is(client, "/api/users", 200), timeout=15, what="session resumed")
     resp = await client.get("/api/poll", params={"cursor": cursor})
     assert (await resp.json()).get("reset") is True  # events in the gap are unknown: reload
     cursor = (await resp.json())["cursor"]
@@ -414,14 +381,10 @@ async def test_refused_token_ends_the_session(browser: Any, core_proc: CoreProce
         "core_unavailable",
     )
     core_proc.start()
-    await until(lambda: _status(client, "/api/users", 401), timeout=15, what="the session to end")
+    await until(lambda: status_is(client, "/api/users", 401), timeout=15, what="the session to end")
     await expect_error(await client.get("/api/poll", params={"cursor": 0}), 401, "not_logged_in")
     resp = await client.get("/", allow_redirects=False)
     assert resp.status == 302 and resp.headers["Location"] == "/login"
-
-
-async def _status(client: TestClient, path: str, status: int) -> bool:
-    return (await client.get(path)).status == status
 
 
 # -- the whole product from one command --
@@ -462,3 +425,23 @@ def test_python_m_app_serves_the_chat(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(20) == 0
+
+
+def test_config_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.config import build_parser, config_from_args
+
+    monkeypatch.setenv("CHAT_CORE", "core.internal:6000")
+    monkeypatch.setenv("CHAT_WEB_LONGPOLL", "1")
+    monkeypatch.setenv("CHAT_WEB_PORT", "9000")
+    config = config_from_args(build_parser().parse_args([]))
+    assert config.core == ("core.internal", 6000) and config.longpoll and config.port == 9000
+    config = config_from_args(build_parser().parse_args(["--core", "[::1]:7000", "--port", "1"]))
+    assert config.core == ("::1", 7000) and config.port == 1
+    with pytest.raises(SystemExit):
+        config_from_args(build_parser().parse_args(["--core", "nohost"]))
+
+
+async def test_longpoll_option_reaches_the_page(make_web: MakeWeb, aiohttp_client: Any) -> None:
+    client = await aiohttp_client(await make_web(longpoll=True))
+    await login(client)
+    assert 'data-longpoll="1"' in await (await client.get("/")).text()

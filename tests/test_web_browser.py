@@ -214,3 +214,21 @@ async def test_older_history_loads_on_scroll_up(chromium: Any, site: str, tcp: A
     await page.locator("#messages").evaluate("box => { box.scrollTop = 0; }")
     await expect(texts).to_have_count(70)
     await expect(texts.first).to_have_text("note 0")
+
+
+async def test_two_tabs_share_a_session(chromium: Any, site: str, tcp: Any) -> None:
+    bob = await tcp("Bob")
+    context = await chromium.new_context()
+    one = await context.new_page()
+    await log_in(one, site, "Alice", "123")
+    two = await context.new_page()  # same cookie: the same session
+    await two.goto(site + "/")
+    await bob.client.send_message("Alice", "seen by both tabs")
+    for page in (one, two):
+        await expect(user_button(page, "Bob").locator(".badge")).to_have_text("1")
+    await user_button(one, "Bob").click()
+    await expect(one.locator(".msg.theirs .text").last).to_have_text("seen by both tabs")
+    # Read in one tab: the other tab's badge and title follow.
+    await expect(user_button(two, "Bob").locator(".badge")).to_have_count(0)
+    await expect(two).to_have_title("Chat")
+    await context.close()

@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
+from aiohttp.test_utils import TestClient
 from conftest import DEMO_USERS
 
 from legacy_socket_server.client import CoreClient
@@ -63,3 +65,38 @@ class TcpUser:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def login(client: TestClient, name: str = "Alice", password: str | None = None) -> dict:
+    resp = await client.post(
+        "/api/login", json={"username": name, "password": password or DEMO_USERS[name]}
+    )
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def expect_error(resp: aiohttp.ClientResponse, status: int, code: str) -> None:
+    assert resp.status == status, await resp.text()
+    body = await resp.json()
+    assert body["error"] == code and isinstance(body["message"], str)
+
+
+async def poll_until(client: TestClient, cursor: int, match: Callable[[dict], bool]) -> tuple:
+    """Poll (long-poll, 1 s at a time) until an event matches; return (event, cursor)."""
+    seen: list[dict] = []
+
+    async def step() -> dict | None:
+        nonlocal cursor
+        resp = await client.get("/api/poll", params={"cursor": cursor, "wait_ms": 1000})
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        cursor = body["cursor"]
+        seen.extend(body["events"])
+        return next((e for e in seen if match(e)), None)
+
+    event = await until(step, timeout=10, what="a matching event")
+    return event, cursor
+
+
+async def status_is(client: TestClient, path: str, status: int) -> bool:
+    return (await client.get(path)).status == status

@@ -162,6 +162,23 @@ function onMessage(m, pos) {
   }
 }
 
+function onRead(ev) {
+  // Our own marker comes back too (tabs share the session): nothing new.
+  if ((state.readSent.get(ev.with) || 0) >= ev.up_to) return;
+  state.readSent.set(ev.with, ev.up_to);
+  // Read up to the newest message we know of from them: all read. Otherwise
+  // only the server can say how many are left.
+  const c = state.convs.get(ev.with);
+  const newest = Math.max(0, ...(c ? c.messages : []).filter((m) => m.from === ev.with).map((m) => m.id));
+  const user = state.users.get(ev.with);
+  if (user && newest > 0 && ev.up_to >= newest) {
+    user.unread = 0;
+    state.bumps = state.bumps.filter((b) => b.peer !== ev.with);
+  } else {
+    refreshUsers();
+  }
+}
+
 let refreshing = false;
 let refreshAgain = false;
 async function refreshUsers() {
@@ -223,7 +240,8 @@ function onEvents(events, from) {
       else refreshUsers(); // someone new registered
       usersChanged = true;
     } else if (ev.type === "read") {
-      refreshUsers();
+      onRead(ev);
+      usersChanged = true;
     }
   }
   if (usersChanged) renderAll();
