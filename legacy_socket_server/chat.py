@@ -359,7 +359,9 @@ class ChatService:
 
     def _users(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         self.users.refresh()
-        return {"users": self.user_list(session.username)}  # type: ignore[arg-type]
+        # The cursor pairs the list with an event position: the list reflects
+        # every event up to it, so a client reloading polls on from there.
+        return {"users": self.user_list(session.username), "cursor": self.cursor()}  # type: ignore[arg-type]
 
     # -- messages -----------------------------------------------------------------
     def _peer(self, session: Session, req: dict[str, Any], field: str) -> str:
