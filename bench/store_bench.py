@@ -84,7 +84,7 @@ def main() -> None:
             d = Path(tmp)
             seed(d, n)
             svc, startup = open_service(d)
-            svc.send_burst = svc.send_rate = 1e12  # measure storage, not the throttle
+            svc.sends.burst = svc.sends.rate = 1e12  # measure storage, not the throttle
             rates = [asyncio.run(append_rate(svc, args.appends)) for _ in range(3)]
             results[n] = (startup, statistics.median(rates))
             if n == args.small:

@@ -19,12 +19,13 @@ import itertools
 import logging
 import time
 from bisect import bisect_left, bisect_right
-from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from .conversations import Conversation
 from .events import SEQ_BITS, SEQ_MASK, Entry, EventLog, collect, encoded_size
+from .limits import SEND_BURST, SEND_RATE, LoginThrottle, SendBuckets
 from .protocol import DEFAULT_MAX_FRAME_BYTES
 from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
@@ -41,18 +42,6 @@ HISTORY_DEFAULT_LIMIT = 50
 HISTORY_MAX_LIMIT = 200
 #: Room left in a frame for the reply's own fields around events/messages.
 REPLY_OVERHEAD = 256
-
-#: Login throttling: this many failures for one name within the window lock
-#: that name for LOCKOUT seconds (rate_limited), bounding both guessing and
-#: the argon2 CPU an attacker can make us spend.
-LOGIN_FAILURES = 5
-LOGIN_WINDOW = 60.0
-LOGIN_LOCKOUT = 30.0
-
-#: Sending: a token bucket per user. The protocol demands a burst of at least
-#: 500 and 20/s sustained; anything faster from one person is a runaway script.
-SEND_BURST = 600
-SEND_RATE = 50.0
 
 #: Presence changes kept for polls that fall behind; a burst of logins past
 #: this (thousands at once) makes a slow poller reload its user list.
@@ -98,22 +87,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _Conversation:
-    """Messages between two users, oldest first, and each side's sent ids."""
-
-    __slots__ = ("ids", "messages", "sent")
-
-    def __init__(self) -> None:
-        self.ids: list[int] = []
-        self.messages: list[dict[str, Any]] = []
-        self.sent: dict[str, list[int]] = {}
-
-    def add(self, msg: dict[str, Any]) -> None:
-        self.ids.append(msg["id"])
-        self.messages.append(msg)
-        self.sent.setdefault(msg["from"], []).append(msg["id"])
-
-
 class ChatService:
     def __init__(
         self,
@@ -129,13 +102,12 @@ class ChatService:
         self.history = history
         self.tokens = tokens
         self.max_frame_bytes = max_frame_bytes
-        self.send_burst = send_burst
-        self.send_rate = send_rate
+        self.sends = SendBuckets(send_burst, send_rate)
         state = history.load()
         self.boot = state.boot
         self._next_id = state.next_id
         self._messages: list[dict[str, Any]] = []
-        self._convs: dict[tuple[str, str], _Conversation] = {}
+        self._convs: dict[tuple[str, str], Conversation] = {}
         self._dedup: dict[tuple[str, str], dict[str, Any]] = {}
         for msg in state.messages:
             self._index(msg)
@@ -150,9 +122,7 @@ class ChatService:
         #: Presence changes, shared by everyone (each skips its own).
         self._presence = EventLog(keep=PRESENCE_KEEP)
         self._online: dict[str, set[Session]] = {}
-        self._failures: dict[str, deque[float]] = {}
-        self._locked_until: dict[str, float] = {}
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.throttle = LoginThrottle()
         log.info(
             "loaded %d messages, %d users (boot %d)",
             len(self._messages),
@@ -167,11 +137,11 @@ class ChatService:
         if "client_msg_id" in msg:
             self._dedup[(msg["from"], msg["client_msg_id"])] = msg
 
-    def _conv(self, a: str, b: str) -> _Conversation:
+    def _conv(self, a: str, b: str) -> Conversation:
         key = (a, b) if a < b else (b, a)
         conv = self._convs.get(key)
         if conv is None:
-            conv = self._convs[key] = _Conversation()
+            conv = self._convs[key] = Conversation()
         return conv
 
     def cursor(self) -> int:
@@ -247,43 +217,25 @@ class ChatService:
         return {**base, "ok": True, **result}
 
     # -- login, resume, exit ----------------------------------------------------
-    def _check_throttle(self, name: str, now: float) -> None:
-        until = self._locked_until.get(name)
-        if until is not None:
-            if now < until:
-                raise ChatError(
-                    "rate_limited",
-                    f"too many failed logins; try again in {int(until - now) + 1} s",
-                )
-            del self._locked_until[name]
-            self._failures.pop(name, None)
-
-    def _record_failure(self, name: str, now: float) -> None:
-        fails = self._failures.setdefault(name, deque())
-        fails.append(now)
-        while fails and now - fails[0] > LOGIN_WINDOW:
-            fails.popleft()
-        if len(fails) >= LOGIN_FAILURES:
-            self._locked_until[name] = now + LOGIN_LOCKOUT
-            log.warning("login for %r locked for %d s after failures", name, LOGIN_LOCKOUT)
-        if len(self._failures) > 100_000:  # bound memory against name-spraying
-            self._failures.clear()
-
     def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         if session.username is not None:
             raise BadRequest("already logged in; log in again on a new connection")
         name = get_str(req, "username", max_len=64)
         password = get_str(req, "password", max_len=1024)
         now = time.monotonic()
-        self._check_throttle(name, now)
+        wait = self.throttle.locked_for(name, now)
+        if wait:
+            raise ChatError(
+                "rate_limited", f"too many failed logins; try again in {int(wait) + 1} s"
+            )
         self.users.refresh()
         t0 = time.perf_counter()
         ok = self.users.verify(name, password)
         log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
         if not ok:
-            self._record_failure(name, now)
+            self.throttle.failed(name, now)
             raise ChatError("invalid_credentials", "wrong user name or password")
-        self._failures.pop(name, None)
+        self.throttle.succeeded(name)
         token = self.tokens.issue(name, self.users.fingerprint(name) or "")
         return self._start_session(session, name, token)
 
@@ -372,16 +324,6 @@ class ChatService:
             raise ChatError("unknown_user", f"no other user named {peer!r}")
         return peer
 
-    def _take_send_token(self, name: str) -> bool:
-        now = time.monotonic()
-        tokens, last = self._buckets.get(name, (self.send_burst, now))
-        tokens = min(self.send_burst, tokens + (now - last) * self.send_rate)
-        if tokens < 1:
-            self._buckets[name] = (tokens, now)
-            return False
-        self._buckets[name] = (tokens - 1, now)
-        return True
-
     def _send_message(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
         sender: str = session.username  # type: ignore[assignment]
         to = self._peer(session, req, "to")
@@ -395,7 +337,7 @@ class ChatService:
             raise ChatError("empty_text", "message text is empty")
         if len(text) > MAX_TEXT_CHARS:
             raise ChatError("text_too_long", f"messages are limited to {MAX_TEXT_CHARS} characters")
-        if not self._take_send_token(sender):
+        if not self.sends.take(sender, time.monotonic()):
             raise ChatError("rate_limited", "you are sending too fast; wait a moment")
         msg: dict[str, Any] = {
             "id": self._next_id,

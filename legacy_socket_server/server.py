@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chat import SEND_BURST, SEND_RATE, ChatService, Session
+from .chat import ChatService, Session
+from .limits import SEND_BURST, SEND_RATE
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
 from .storage_files import StoreError
 from .store import MIN_COMPACT_BYTES, HistoryStore

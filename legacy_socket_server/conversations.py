@@ -1,0 +1,21 @@
+"""One conversation's messages, indexed for paging and unread counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Conversation:
+    """Messages between two users, oldest first, and each side's sent ids."""
+
+    __slots__ = ("ids", "messages", "sent")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.messages: list[dict[str, Any]] = []
+        self.sent: dict[str, list[int]] = {}
+
+    def add(self, msg: dict[str, Any]) -> None:
+        self.ids.append(msg["id"])
+        self.messages.append(msg)
+        self.sent.setdefault(msg["from"], []).append(msg["id"])
