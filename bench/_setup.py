@@ -93,3 +93,90 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- additions for bench/system_load.py (the whole system: core + web gateway) -------------
+#: A deliberately cheap argon2 hash for load-test users who log in through the web
+#: gateway (which must use ``login``: there is no HTTP resume). The core verifies
+#: with the parameters stored in the hash, so a login costs ~0.1 ms instead of
+#: ~30 ms and thousands of browser users log in within seconds. Setup only: the
+#: measured phase never logs in.
+def cheap_hash(password: str = "bench") -> str:
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(password)
+
+
+def make_data_dir_fast(path: Path, n_users: int, password: str = "bench") -> dict[str, str]:
+    """Like :func:`make_data_dir`, but every user's password ``password`` has a cheap hash."""
+    path.mkdir(parents=True, exist_ok=True)
+    h = cheap_hash(password)
+    fp = fingerprint(h)
+    names = [f"u{i:04d}" for i in range(n_users)]
+    (path / "users.json").write_text(json.dumps({n: {"password_hash": h} for n in names}))
+    tokens = {n: f"bench-token-{n}-{os.urandom(8).hex()}" for n in names}
+    now = time.time()
+    records = {
+        hashlib.sha256(t.encode()).hexdigest(): {"user": n, "pw": fp, "used": now}
+        for n, t in tokens.items()
+    }
+    (path / "tokens.json").write_text(json.dumps(records))
+    return tokens
+
+
+def start_web(core_port: int, *extra: str):
+    """Start ``python -m app`` on a free port against the core at 127.0.0.1:core_port."""
+    args = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0",
+            "--core", f"127.0.0.1:{core_port}", "--log-level", "WARNING", *extra]
+    return start_process(args, pattern=r"Chat is running: http://[^/\s]*:(\d+)/")
+
+
+def start_bare_aiohttp():
+    return start_process([sys.executable, str(ROOT / "bench" / "bare_aiohttp.py"), "0"])
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    return sum(vals) - idle, sum(vals)
+
+
+_WEB_GC_LOG = """
+import gc, sys, time
+_t = [0.0]
+def _cb(phase, info):
+    if phase == "start":
+        _t[0] = time.perf_counter()
+    else:
+        ms = (time.perf_counter() - _t[0]) * 1000
+        if ms >= 20:
+            print(f"gc gen{info['generation']} pause {ms:.0f} ms "
+                  f"(collected {info['collected']})", file=sys.stderr, flush=True)
+gc.callbacks.append(_cb)
+sys.argv = ["app"] + sys.argv[1:]
+from app.__main__ import main
+raise SystemExit(main())
+"""
+
+
+def start_web_gc_logged(core_port: int, *extra: str):
+    """:func:`start_web`, logging every cyclic-GC pause of 20 ms or more to its log.
+
+    Returns (Popen, port, log path)."""
+    import tempfile
+
+    args = [sys.executable, "-c", _WEB_GC_LOG, "--host", "127.0.0.1", "--port", "0",
+            "--core", f"127.0.0.1:{core_port}", "--log-level", "WARNING", *extra]
+    log = tempfile.NamedTemporaryFile("w+", prefix="bench-web-", suffix=".log", delete=False)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"web exited: {Path(log.name).read_text()}")
+        m = re.search(r"Chat is running: http://[^/\s]*:(\d+)/", Path(log.name).read_text())
+        if m:
+            return proc, int(m.group(1)), Path(log.name)
+        time.sleep(0.05)
+    raise RuntimeError("web did not start in 60 s")
