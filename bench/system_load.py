@@ -570,7 +570,7 @@ def line(r: dict[str, Any]) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| mode | target | users (D+B) | msg/s | p50 / p99 / max ms | p50 D→D, B→B ms | "
-        "HTTP req/s | core req/s (desktop) | CPU core / web / gen (cores) | machine busy | "
+        "HTTP req/s | core req/s (desktop) | CPU core / web / gen / other (cores) | machine busy | "
         "RSS core / web MiB | lost | dup | resets | errors |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
