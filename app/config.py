@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         type=float,
         default=float(env("CHAT_WEB_IDLE_TIMEOUT", str(IDLE_TIMEOUT))),
-        help="seconds without a poll before a browser session is logged out (env CHAT_WEB_IDLE_TIMEOUT; default 30)",
+        help="seconds without a poll before a browser session is logged out "
+        "(env CHAT_WEB_IDLE_TIMEOUT; default 30)",
     )
     p.add_argument(
         "--log-level",

@@ -123,6 +123,7 @@ class ChatService:
         self._presence = EventLog(keep=PRESENCE_KEEP)
         self._online: dict[str, set[Session]] = {}
         self.throttle = LoginThrottle()
+        self.closing = False
         log.info(
             "loaded %d messages, %d users (boot %d)",
             len(self._messages),
@@ -303,7 +304,8 @@ class ChatService:
             sessions.discard(session)
             if not sessions:
                 del self._online[name]
-                self._broadcast_presence(name, False)
+                if not self.closing:  # at shutdown nobody is left to tell: O(n) not O(n^2)
+                    self._broadcast_presence(name, False)
         log.info("%s left (session %d)", name, session.id)
 
     def _ping(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
@@ -516,6 +518,7 @@ class ChatService:
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
         """Clean shutdown: compact into history.json and close the journal."""
+        self.closing = True
         try:
             self.history.compact_now(self.snapshot())
         finally:

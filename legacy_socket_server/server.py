@@ -256,6 +256,7 @@ class CoreServer:
         """Graceful: stop accepting, close clients, compact history.json."""
         if self._server is not None:
             self._server.close()
+        self.service.closing = True
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
