@@ -126,8 +126,20 @@ def make_data_dir_fast(path: Path, n_users: int, password: str = "bench") -> dic
 
 def start_web(core_port: int, *extra: str):
     """Start ``python -m app`` on a free port against the core at 127.0.0.1:core_port."""
-    args = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0",
-            "--core", f"127.0.0.1:{core_port}", "--log-level", "WARNING", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--core",
+        f"127.0.0.1:{core_port}",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     return start_process(args, pattern=r"Chat is running: http://[^/\s]*:(\d+)/")
 
 
@@ -167,8 +179,20 @@ def start_web_gc_logged(core_port: int, *extra: str):
     Returns (Popen, port, log path)."""
     import tempfile
 
-    args = [sys.executable, "-c", _WEB_GC_LOG, "--host", "127.0.0.1", "--port", "0",
-            "--core", f"127.0.0.1:{core_port}", "--log-level", "WARNING", *extra]
+    args = [
+        sys.executable,
+        "-c",
+        _WEB_GC_LOG,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--core",
+        f"127.0.0.1:{core_port}",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-web-", suffix=".log", delete=False)
     proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
