@@ -18,6 +18,7 @@ import jinja2
 from aiohttp import web
 
 from legacy_socket_server.client import CoreError, CoreUnavailable
+from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
 
 from .config import WebConfig
@@ -124,6 +125,10 @@ async def json_body(request: web.Request) -> dict[str, Any]:
         raise ApiError("bad_request", "the body is not valid JSON")
     if not isinstance(body, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
+    try:
+        encode(body)  # what the core will be sent: NaN, 1e400 or "\ud800" cannot be
+    except ValueError:
+        raise ApiError("bad_request", "the body holds NaN, an infinity or a lone surrogate")
     return body
 
 
@@ -229,6 +234,7 @@ async def api_login(request: web.Request) -> web.StreamResponse:
 
 async def api_logout(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
+    await json_body(request)  # read it: a chunked body over the limit is 413 here too
     await request.app[GATEWAY_KEY].end(session)
     resp = web.Response(status=204)
     resp.del_cookie(COOKIE, path="/")
