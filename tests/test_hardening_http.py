@@ -263,7 +263,7 @@ async def test_cookie_copied_before_logout_is_dead_after_it(browser: Any, bob: T
 
 
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,  # timing-dependent: the stall may stay under the bound on a quiet machine
     reason="known bug: argon2 runs on the core's event loop and throttling is per name, so "
     "100 wrong logins under 100 different names cost ~100 x 40 ms of blocked loop: the core "
     "stops answering (healthz 503, desktop clients stall). Fix proposed in the issue-7 report.",

