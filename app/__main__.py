@@ -6,14 +6,12 @@ desktop clients connect to it on ``--core-port``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import sys
 
 from aiohttp import web
 
-from legacy_socket_server.server import run
+from legacy_socket_server.server import run, wait_for_stop_signal
 from legacy_socket_server.storage_files import StoreError
 
 from .config import WebConfig, build_parser, config_from_args
@@ -49,14 +47,7 @@ async def serve(config: WebConfig) -> None:
             f"python chatapp.py --host {core_host} --port {core_port}",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError):
-                pass
-        await stop.wait()
+        await wait_for_stop_signal()
         logging.getLogger("app").info("shutting down")
     finally:
         await runner.cleanup()

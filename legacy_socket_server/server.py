@@ -348,8 +348,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-async def serve(config: ServerConfig) -> None:
-    server = await CoreServer.start(config)
+async def wait_for_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM (the graceful-shutdown trigger of both servers)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -358,6 +358,11 @@ async def serve(config: ServerConfig) -> None:
         except (NotImplementedError, RuntimeError):
             pass
     await stop.wait()
+
+
+async def serve(config: ServerConfig) -> None:
+    server = await CoreServer.start(config)
+    await wait_for_stop_signal()
     log.info("shutting down")
     await server.stop()
 
