@@ -25,7 +25,7 @@ from typing import Any
 
 from .conversations import Conversation
 from .events import SEQ_BITS, SEQ_MASK, Entry, EventLog, collect, encoded_size
-from .limits import SEND_BURST, SEND_RATE, LoginThrottle, SendBuckets
+from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .protocol import DEFAULT_MAX_FRAME_BYTES
 from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
@@ -97,6 +97,7 @@ class ChatService:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         send_burst: float = SEND_BURST,
         send_rate: float = SEND_RATE,
+        hash_gate: HashGate | None = None,
     ) -> None:
         self.users = users
         self.history = history
@@ -123,6 +124,7 @@ class ChatService:
         self._presence = EventLog(keep=PRESENCE_KEEP)
         self._online: dict[str, set[Session]] = {}
         self.throttle = LoginThrottle()
+        self.hash_gate = hash_gate if hash_gate is not None else HashGate()
         self.closing = False
         log.info(
             "loaded %d messages, %d users (boot %d)",
@@ -213,32 +215,49 @@ class ChatService:
             return {**base, "ok": False, "error": "bad_request", "message": str(exc)}
         except ChatError as exc:
             return {**base, "ok": False, "error": exc.code, "message": exc.message}
-        if result is None or isinstance(result, asyncio.Future):
-            return result
+        if result is None or isinstance(result, asyncio.Future) or "ok" in result:
+            return result  # held, later, or a whole reply (login's hash gate)
         return {**base, "ok": True, **result}
 
     # -- login, resume, exit ----------------------------------------------------
-    def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         if session.username is not None:
             raise BadRequest("already logged in; log in again on a new connection")
         name = get_str(req, "username", max_len=64)
         password = get_str(req, "password", max_len=1024)
-        now = time.monotonic()
-        wait = self.throttle.locked_for(name, now)
+        self._check_lock(name)
+        result = self.hash_gate.run(lambda: self._verified_login(session, name, password, base))
+        if result is None:
+            raise ChatError("rate_limited", "the server is busy with logins; try again in a moment")
+        return result
+
+    def _check_lock(self, name: str) -> None:
+        wait = self.throttle.locked_for(name, time.monotonic())
         if wait:
             raise ChatError(
                 "rate_limited", f"too many failed logins; try again in {int(wait) + 1} s"
             )
-        self.users.refresh()
-        t0 = time.perf_counter()
-        ok = self.users.verify(name, password)
-        log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
-        if not ok:
-            self.throttle.failed(name, now)
-            raise ChatError("invalid_credentials", "wrong user name or password")
-        self.throttle.succeeded(name)
-        token = self.tokens.issue(name, self.users.fingerprint(name) or "")
-        return self._start_session(session, name, token)
+
+    def _verified_login(
+        self, session: Session, name: str, password: str, base: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The argon2 part of a login, run by the hash gate (perhaps a little later)."""
+        try:
+            if session.closed:
+                raise ChatError("not_logged_in", "the connection closed during login")
+            self._check_lock(name)  # the name may have been locked while this waited
+            self.users.refresh()
+            t0 = time.perf_counter()
+            ok = self.users.verify(name, password)
+            log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
+            if not ok:
+                self.throttle.failed(name, time.monotonic())
+                raise ChatError("invalid_credentials", "wrong user name or password")
+            self.throttle.succeeded(name)
+            token = self.tokens.issue(name, self.users.fingerprint(name) or "")
+            return {**base, "ok": True, **self._start_session(session, name, token)}
+        except ChatError as exc:
+            return {**base, "ok": False, "error": exc.code, "message": exc.message}
 
     def _resume(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         if session.username is not None:
@@ -519,6 +538,7 @@ class ChatService:
     def close(self) -> None:
         """Clean shutdown: compact into history.json and close the journal."""
         self.closing = True
+        self.hash_gate.close()
         try:
             self.history.compact_now(self.snapshot())
         finally:

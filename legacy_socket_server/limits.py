@@ -1,13 +1,18 @@
-"""Rate limits: login throttling per user name, and a send bucket per user.
+"""Rate limits: login throttling per name, a gate on password-hash CPU, send buckets.
 
-Both take ``now`` (monotonic seconds) from the caller, so the service owns the
-clock and tests can move it.
+The throttle and the buckets take ``now`` (monotonic seconds) from the caller,
+so the service owns the clock and tests can move it; the hash gate measures
+real hashing time, so it keeps its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,12 @@ MAX_TRACKED_NAMES = 100_000
 #: anything faster from one person is a runaway script.
 SEND_BURST = 600
 SEND_RATE = 50.0
+
+#: Password checks (argon2, ~35 ms each) may use at most this share of the
+#: loop's time once the burst is spent, and at most this many may wait.
+HASH_DUTY = 0.5
+HASH_BURST_S = 0.1
+HASH_MAX_WAITING = 32
 
 
 class LoginThrottle:
@@ -73,3 +84,90 @@ class SendBuckets:
             return False
         self._buckets[name] = (tokens - 1, now)
         return True
+
+
+class HashGate:
+    """Spaces password checks so they never freeze the loop for long.
+
+    argon2 is slow on purpose and, with no threads in the core, runs on the
+    event loop: 100 logins arriving together would otherwise run back to back
+    in one loop turn (~3.5 s in which nobody else is answered). A check runs at
+    once while ``burst`` seconds of hashing credit last; credit comes back at
+    ``duty`` seconds per second, and checks past it wait in a queue that runs
+    one per timer tick, so other connections are served between any two. When
+    ``max_waiting`` already wait, :meth:`run` refuses (returns ``None``) and the
+    caller answers ``rate_limited``. Failures per name are limited separately
+    by :class:`LoginThrottle`; this bounds the CPU of a storm across many names.
+    """
+
+    def __init__(
+        self,
+        burst: float = HASH_BURST_S,
+        duty: float = HASH_DUTY,
+        max_waiting: int = HASH_MAX_WAITING,
+    ) -> None:
+        self.burst = burst
+        self.duty = duty
+        self.max_waiting = max_waiting
+        self._credit = burst
+        self._stamp = time.monotonic()
+        self._queue: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        """``job()`` now, or a future of it later, or ``None`` when too many wait."""
+        self._refill()
+        if not self._queue and self._credit > 0:
+            return self._timed(job)
+        if len(self._queue) >= self.max_waiting:
+            return None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((job, fut))
+        self._schedule()
+        return fut
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._credit = min(self.burst, self._credit + (now - self._stamp) * self.duty)
+        self._stamp = now
+
+    def _timed(self, job: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return job()
+        finally:
+            self._credit -= time.perf_counter() - t0
+
+    def _schedule(self) -> None:
+        if self._timer is not None or not self._queue:
+            return
+        delay = max(0.0, -self._credit / self.duty) + 0.001
+        self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._refill()
+        while self._queue and self._credit >= 0:
+            job, fut = self._queue.popleft()
+            if fut.cancelled():  # its connection went away: no hashing for nobody
+                continue
+            try:
+                result = self._timed(job)
+            except Exception as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+            break  # one per tick: the loop serves everyone else in between
+        self._schedule()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for _, fut in self._queue:
+            fut.cancel()
+        self._queue.clear()

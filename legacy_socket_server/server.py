@@ -66,6 +66,7 @@ class Connection(asyncio.Protocol):
         self._pending: collections.deque[asyncio.Future[dict[str, Any]]] = collections.deque()
         self._partial_timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._backlog: list[dict[str, Any] | ProtocolError] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,7 +94,15 @@ class Connection(asyncio.Protocol):
         if self._closing or self.session is None:
             return
         items = self.decoder.feed(data)
-        for item in items:
+        if self._backlog is not None:  # a login is waiting for the hash gate
+            self._backlog.extend(items)
+        else:
+            self._process(items)
+        self._watch_partial(completed=bool(items))
+
+    def _process(self, items: list[dict[str, Any] | ProtocolError]) -> None:
+        assert self.session is not None
+        for i, item in enumerate(items):
             if isinstance(item, ProtocolError):
                 self._deliver(item.to_reply())
                 if item.fatal:
@@ -116,7 +125,21 @@ class Connection(asyncio.Protocol):
             if self.session.closed:  # exit: reply, then close
                 self._close_after_flush()
                 return
-        self._watch_partial(completed=bool(items))
+            if isinstance(result, asyncio.Future) and item["purpose"] == "login":
+                # Later requests may depend on being logged in: hold them (and
+                # stop reading, so the held ones stay few) until it is decided.
+                self._backlog = list(items[i + 1 :])
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                result.add_done_callback(self._login_decided)
+                return
+
+    def _login_decided(self, _: object) -> None:
+        backlog, self._backlog = self._backlog or [], None
+        if self.transport is None or self._closing:
+            return
+        self.transport.resume_reading()
+        self._process(backlog)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

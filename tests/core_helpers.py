@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from legacy_socket_server.chat import ChatService, Session
+from legacy_socket_server.limits import HashGate
 from legacy_socket_server.protocol import FrameDecoder, ProtocolError, encode
 from legacy_socket_server.store import HistoryStore
 from legacy_socket_server.tokens import TokenStore
@@ -41,6 +42,9 @@ def make_service(data_dir: Path, **kwargs: Any) -> ChatService:
     """A real ChatService over real stores in ``data_dir`` (must run inside a loop)."""
     fsync = kwargs.pop("fsync", "everysec")
     min_compact = kwargs.pop("min_compact_bytes", 16 * 1024 * 1024)
+    # Unit tests log in many times back to back and want plain replies; the
+    # gate's spacing is tested on its own and through the real server.
+    kwargs.setdefault("hash_gate", HashGate(burst=float("inf")))
     return ChatService(
         UserStore(data_dir),
         HistoryStore(data_dir, fsync=fsync, min_compact_bytes=min_compact),

@@ -161,7 +161,8 @@ async def test_login_form_errors_and_keyboard_only(
 ) -> None:
     page = await chromium.new_page(viewport={"width": 900, "height": 640})
     await page.goto(f"{site}/login")
-    await page.keyboard.type("Alice")  # the username field has focus on load
+    await expect(page.get_by_label("Username")).to_be_focused()  # autofocus on load
+    await page.keyboard.type("Alice")
     await page.keyboard.press("Tab")
     await page.keyboard.type("wrong")
     await page.keyboard.press("Enter")

@@ -1,0 +1,130 @@
+"""The hash gate: password checks are spaced so the core's loop keeps serving others."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from core_helpers import RawClient, async_wait_for, seed_users
+
+from legacy_socket_server.limits import HashGate
+from legacy_socket_server.protocol import encode
+from legacy_socket_server.server import CoreServer, ServerConfig
+
+
+def busy(seconds: float) -> Any:
+    """A job that holds the CPU like an argon2 check does."""
+
+    def job() -> float:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+        return seconds
+
+    return job
+
+
+async def test_runs_inline_while_credit_lasts_then_queues() -> None:
+    gate = HashGate(burst=0.04, duty=0.1, max_waiting=3)
+    assert gate.run(busy(0.03)) == 0.03  # credit left: answered at once
+    assert gate.run(busy(0.03)) == 0.03  # still positive before it ran
+    later = [gate.run(busy(0.01)) for _ in range(3)]
+    assert all(isinstance(f, asyncio.Future) for f in later)
+    assert gate.run(busy(0.01)) is None  # the queue is full: refused, nothing hashed
+    assert await asyncio.wait_for(asyncio.gather(*later), 5) == [0.01] * 3
+    gate.close()
+
+
+async def test_other_callbacks_run_between_queued_checks() -> None:
+    gate = HashGate(burst=0.0, duty=0.5, max_waiting=10)
+    order: list[str] = []
+
+    def check(i: int) -> Any:
+        def job() -> None:
+            busy(0.02)()
+            order.append(f"check{i}")
+
+        return job
+
+    futures = [gate.run(check(i)) for i in range(4)]
+    stop = False
+
+    async def other_work() -> None:
+        while not stop:
+            order.append("other")
+            await asyncio.sleep(0)
+
+    worker = asyncio.create_task(other_work())
+    await asyncio.wait_for(asyncio.gather(*futures), 5)
+    stop = True
+    await worker
+    checks = [i for i, x in enumerate(order) if x.startswith("check")]
+    assert len(checks) == 4
+    # Never two checks in a row: someone else always got the loop in between.
+    assert all(b - a > 1 for a, b in zip(checks, checks[1:], strict=False))
+
+
+async def test_duty_cycle_bounds_hashing_share() -> None:
+    gate = HashGate(burst=0.0, duty=0.5, max_waiting=10)
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(gate.run(busy(0.02)) for _ in range(5))), 5)
+    elapsed = time.perf_counter() - t0
+    # 0.1 s of hashing at a 50% share cannot finish in less than ~0.18 s.
+    assert elapsed >= 0.18, elapsed
+
+
+async def test_cancelled_waiters_are_never_hashed() -> None:
+    gate = HashGate(burst=0.0, duty=0.5, max_waiting=10)
+    ran: list[int] = []
+    futures = [gate.run(lambda i=i: ran.append(i)) for i in range(3)]
+    futures[0].cancel()
+    futures[1].cancel()
+    await asyncio.wait_for(futures[2], 5)
+    assert ran == [2]
+
+
+# -- through the real server ------------------------------------------------------
+
+
+@pytest.fixture
+async def core(tmp_path: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    seed_users(tmp_path / "data", tmp_path_factory.getbasetemp() / "users-template")
+    server = await CoreServer.start(ServerConfig(port=0, data_dir=tmp_path / "data"))
+    # Every login waits its turn in the queue, as in a storm.
+    server.service.hash_gate = HashGate(burst=0.0)
+    yield server
+    await server.stop()
+
+
+async def test_requests_pipelined_behind_a_waiting_login_see_it(core: CoreServer) -> None:
+    c = await RawClient.connect("127.0.0.1", core.port)
+    reqs = [
+        {"purpose": "login", "id": 1, "username": "Alice", "password": "123"},
+        {"purpose": "send_message", "id": 2, "to": "Bob", "text": "a"},
+        {"purpose": "history", "id": 3, "with": "Bob"},
+    ]
+    await c.send_raw(b"".join(encode(r) for r in reqs))
+    got = [await c.recv() for _ in reqs]
+    assert [(g["id"], g["ok"]) for g in got] == [(1, True), (2, True), (3, True)]
+    assert [m["text"] for m in got[2]["messages"]] == ["a"]
+    await c.close()
+
+
+async def test_connection_gone_while_login_waits_leaves_no_ghost(core: CoreServer) -> None:
+    bob = await RawClient.connect("127.0.0.1", core.port)
+    await bob.login("Bob")
+    # Spend the gate's credit so the next login waits ~1 s in the queue.
+    gate = core.service.hash_gate = HashGate(burst=0.01, duty=0.01)
+    gate.run(busy(0.02))
+    ghost = await RawClient.connect("127.0.0.1", core.port)
+    await ghost.send({"purpose": "login", "username": "Alice", "password": "123"})
+    await async_wait_for(lambda: gate.waiting == 1, what="login queued")
+    await ghost.close()
+    await async_wait_for(lambda: len(core.connections) == 1, what="the server saw it go")
+    await async_wait_for(lambda: gate.waiting == 0, what="queue drained")
+    users = {u["username"]: u for u in (await bob.call("users"))["users"]}
+    assert users["Alice"]["online"] is False
+    assert "Alice" not in core.service._online
+    await bob.close()
