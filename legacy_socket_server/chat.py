@@ -226,10 +226,26 @@ class ChatService:
         name = get_str(req, "username", max_len=64)
         password = get_str(req, "password", max_len=1024)
         self._check_lock(name)
-        result = self.hash_gate.run(lambda: self._verified_login(session, name, password, base))
-        if result is None:
+        # Only the argon2 check goes through the gate: it is what a storm of
+        # logins under many names would pile onto the loop.
+        verdict = self.hash_gate.run(lambda: self._password_ok(session, name, password))
+        if verdict is None:
             raise ChatError("rate_limited", "the server is busy with logins; try again in a moment")
-        return result
+        if not isinstance(verdict, asyncio.Future):
+            return self._login_reply(session, name, verdict, base)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def decided(f: asyncio.Future[bool | None]) -> None:
+            if not reply.done():
+                reply.set_result(self._login_reply(session, name, f.result(), base))
+
+        def abandoned(r: asyncio.Future[dict[str, Any]]) -> None:
+            if r.cancelled():  # the connection went away: no hashing for nobody
+                verdict.cancel()
+
+        verdict.add_done_callback(decided)
+        reply.add_done_callback(abandoned)
+        return reply
 
     def _check_lock(self, name: str) -> None:
         wait = self.throttle.locked_for(name, time.monotonic())
@@ -238,18 +254,24 @@ class ChatService:
                 "rate_limited", f"too many failed logins; try again in {int(wait) + 1} s"
             )
 
-    def _verified_login(
-        self, session: Session, name: str, password: str, base: dict[str, Any]
+    def _password_ok(self, session: Session, name: str, password: str) -> bool | None:
+        """The argon2 check; ``None`` when it no longer matters or may not run."""
+        if session.closed or self.throttle.locked_for(name, time.monotonic()):
+            return None  # gone while waiting, or locked meanwhile: spend nothing
+        self.users.refresh()
+        t0 = time.perf_counter()
+        ok = self.users.verify(name, password)
+        log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
+        return ok
+
+    def _login_reply(
+        self, session: Session, name: str, ok: bool | None, base: dict[str, Any]
     ) -> dict[str, Any]:
-        """The argon2 part of a login, run by the hash gate (perhaps a little later)."""
         try:
             if session.closed:
                 raise ChatError("not_logged_in", "the connection closed during login")
-            self._check_lock(name)  # the name may have been locked while this waited
-            self.users.refresh()
-            t0 = time.perf_counter()
-            ok = self.users.verify(name, password)
-            log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
+            if ok is None:
+                self._check_lock(name)
             if not ok:
                 self.throttle.failed(name, time.monotonic())
                 raise ChatError("invalid_credentials", "wrong user name or password")

@@ -33,7 +33,7 @@ SEND_RATE = 50.0
 #: Password checks (argon2, ~35 ms each) may use at most this share of the
 #: loop's time once the burst is spent, and at most this many may wait.
 HASH_DUTY = 0.5
-HASH_BURST_S = 0.1
+HASH_BURST_S = 0.05
 HASH_MAX_WAITING = 32
 
 
