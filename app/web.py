@@ -254,7 +254,8 @@ async def api_poll(request: web.Request) -> web.StreamResponse:
     cursor = query_int(request, "cursor")
     wait_ms = query_int(request, "wait_ms", 0, MAX_WAIT_MS) or 0
     reply = await request.app[GATEWAY_KEY].poll(session, cursor, wait_ms / 1000)
-    return api_json(reply)
+    # The buffer keeps events encoded: the body is joined, not re-encoded.
+    return web.Response(body=reply.body(), content_type="application/json", headers=NO_STORE)
 
 
 async def api_send(request: web.Request) -> web.StreamResponse:

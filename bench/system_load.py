@@ -1,8 +1,9 @@
 """The whole system under load: desktop clients on the core, browsers through the gateway.
 
 A population of N simulated users: half are desktop-protocol clients (framed TCP to
-the core, ``CoreClient``), half are browsers (HTTP to the web app, one aiohttp
-``ClientSession`` and cookie jar each, through the gateway to the core). Every
+the core, ``CoreClient``), half are browsers (HTTP to the web app through the
+gateway to the core; each a cookie and two keep-alive connections of the lean
+client in ``_http.py``, poll and send apart, as a browser has). Every
 user polls (every 100 ms after an empty poll, like ``chat.js`` and the desktop
 client, or long-polls with ``wait_ms=25000``) and sends messages to random peers
 of either kind at ``--rate`` messages/s each. The text carries a
@@ -136,16 +137,13 @@ async def desktop_loop(c, me: str, mode: str, st: W, idle: asyncio.Event) -> Non
                 await asyncio.sleep(POLL_INTERVAL)
 
 
-async def browser_loop(http, base: str, me: str, cursor: int, mode: str, st: W, idle) -> None:
-    url = base + "/api/poll"
+async def browser_loop(http, me: str, cursor: int, mode: str, st: W, idle) -> None:
     while not st.stop:
-        params = {"cursor": str(cursor)}
+        path = f"/api/poll?cursor={cursor}"
         if mode == "longpoll" and idle.is_set():
-            params["wait_ms"] = str(LONGPOLL_WAIT_MS)
+            path += f"&wait_ms={LONGPOLL_WAIT_MS}"
         try:
-            async with http.get(url, params=params) as resp:
-                body = await resp.read()
-                status = resp.status
+            status, body = await http.request("GET", path, lane="poll")
         except Exception as exc:  # noqa: BLE001 - count and carry on
             st.errors[f"browser poll: {type(exc).__name__}"] += 1
             await asyncio.sleep(0.5)
@@ -198,13 +196,13 @@ async def sender_loop(send, me: str, kind: str, names: list[str], rate: float, s
 
 
 async def worker_main(conn, cfg: dict[str, Any]) -> None:
-    import aiohttp
+    from _http import Browser
 
     from legacy_socket_server.client import CoreClient
 
     st = W()
     mode = cfg["mode"]
-    core_port, base = cfg["core_port"], f"http://127.0.0.1:{cfg['web_port']}"
+    core_port = cfg["core_port"]
     loop = asyncio.get_running_loop()
     recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
 
@@ -223,23 +221,21 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
     await recv()
 
     # 2. browsers: POST /api/login with bounded concurrency
-    browsers: dict[str, tuple[aiohttp.ClientSession, int]] = {}
+    browsers: dict[str, tuple[Browser, int]] = {}
     sem = asyncio.Semaphore(cfg["login_concurrency"])
-    timeout = aiohttp.ClientTimeout(total=120)
 
     async def login(name: str) -> None:
-        http = aiohttp.ClientSession(
-            cookie_jar=aiohttp.CookieJar(unsafe=True),  # cookies for 127.0.0.1
-            timeout=timeout,
-            connector=aiohttp.TCPConnector(limit=4, force_close=False),
-        )
-        async with (
-            sem,
-            http.post(base + "/api/login", json={"username": name, "password": PASSWORD}) as resp,
-        ):
-            body = await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"login {name}: {resp.status} {body[:200]!r}")
+        http = Browser("127.0.0.1", cfg["web_port"])
+        async with sem:
+            for _ in range(100):
+                status, body = await http.request(
+                    "POST", "/api/login", {"username": name, "password": PASSWORD}
+                )
+                if status != 429:  # the core's hash gate: come back in a moment
+                    break
+                await asyncio.sleep(0.2)
+            if status != 200:
+                raise RuntimeError(f"login {name}: {status} {body[:200]!r}")
         browsers[name] = (http, loads(body)["cursor"])
 
     await asyncio.gather(*(login(n) for n in cfg["browsers"]))
@@ -257,7 +253,7 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
     for name, (http, cursor) in browsers.items():
         idle = asyncio.Event()
         idles.append(idle)
-        tasks.append(asyncio.create_task(browser_loop(http, base, name, cursor, mode, st, idle)))
+        tasks.append(asyncio.create_task(browser_loop(http, name, cursor, mode, st, idle)))
     for idle in idles:
         await idle.wait()
     await asyncio.sleep(1.0)  # let everyone settle into its steady rhythm
@@ -282,12 +278,11 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
         for name, (http, _) in browsers.items():
 
             async def bsend(to, text, cid, http=http):
-                async with http.post(
-                    base + "/api/messages", json={"to": to, "text": text, "client_msg_id": cid}
-                ) as resp:
-                    body = await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"HTTP {resp.status} {body[:80]!r}")
+                status, body = await http.request(
+                    "POST", "/api/messages", {"to": to, "text": text, "client_msg_id": cid}
+                )
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status} {body[:80]!r}")
                 st.count("http_send")
                 return loads(body)["message"]
 

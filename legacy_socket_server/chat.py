@@ -561,6 +561,7 @@ class ChatService:
         """Clean shutdown: compact into history.json and close the journal."""
         self.closing = True
         self.hash_gate.close()
+        self.tokens.close()
         try:
             self.history.compact_now(self.snapshot())
         finally:

@@ -374,7 +374,8 @@ async def test_refused_token_ends_the_session(browser: Any, core_proc: CoreProce
     client = await browser()
     await login(client)
     core_proc.kill()
-    (core_proc.data_dir / "tokens.json").unlink()  # the core forgets every token
+    for name in ("tokens.json", "tokens.journal"):  # the core forgets every token
+        (core_proc.data_dir / name).unlink(missing_ok=True)
     await expect_error(
         await client.post("/api/login", json={"username": "Bob", "password": "456"}),
         503,
