@@ -150,8 +150,22 @@ def pick(body: dict[str, Any], *names: str) -> dict[str, Any]:
     return {n: body[n] for n in names if n in body}
 
 
+def session_cookie(request: web.Request) -> str | None:
+    """The session cookie's value, or None.
+
+    A plain split rather than ``request.cookies``: the generic parser builds a
+    Morsel per cookie, ~8% of the 100 ms poll's CPU, for the one value we read.
+    """
+    for header in request.headers.getall("Cookie", ()):
+        for part in header.split(";"):
+            name, sep, value = part.partition("=")
+            if sep and name.strip() == COOKIE:
+                return value.strip()
+    return None
+
+
 def session_of(request: web.Request) -> BrowserSession:
-    return request.app[GATEWAY_KEY].get(request.cookies.get(COOKIE))
+    return request.app[GATEWAY_KEY].get(session_cookie(request))
 
 
 # -- middleware and signals ---------------------------------------------------------------------
@@ -167,31 +181,29 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     layer costs a coroutine call.
     """
     try:
-        response = await _guarded(request, handler)
+        if request.method == "POST":
+            why = csrf_refusal(request)
+            if why is not None:
+                response = error_response("csrf", why)
+            elif (request.content_length or 0) > request.app[CONFIG_KEY].max_body_bytes:
+                response = error_response("too_large", "the request body is over the limit")
+            else:
+                response = await handler(request)
+        else:
+            response = await handler(request)
     except web.HTTPException as exc:  # redirects, 404, 405: headers on them too
         exc.headers.update(SECURITY_HEADERS)
         raise
+    except ApiError as exc:
+        response = error_response(exc.code, exc.message)
+    except NotLoggedIn:
+        response = error_response("not_logged_in", "log in first")
+    except CoreUnavailable:
+        response = error_response("core_unavailable", "the chat server is unreachable; retrying")
+    except CoreError as exc:
+        response = error_response(exc.code, exc.message)
     response.headers.update(SECURITY_HEADERS)
     return response
-
-
-async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method == "POST":
-        why = csrf_refusal(request)
-        if why is not None:
-            return error_response("csrf", why)
-        if (request.content_length or 0) > request.app[CONFIG_KEY].max_body_bytes:
-            return error_response("too_large", "the request body is over the limit")
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.code, exc.message)
-    except NotLoggedIn:
-        return error_response("not_logged_in", "log in first")
-    except CoreUnavailable:
-        return error_response("core_unavailable", "the chat server is unreachable; retrying")
-    except CoreError as exc:
-        return error_response(exc.code, exc.message)
 
 
 # -- pages ---------------------------------------------------------------------------------------
