@@ -46,6 +46,9 @@ REPLY_OVERHEAD = 256
 #: Presence changes kept for polls that fall behind; a burst of logins past
 #: this (thousands at once) makes a slow poller reload its user list.
 PRESENCE_KEEP = 20_000
+#: Held polls hear of presence changes at most this late (messages: at once),
+#: so a wave of logins wakes each of them once per window, not once per login.
+PRESENCE_WAKE_DELAY = 0.1
 
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
@@ -122,6 +125,7 @@ class ChatService:
         self._logs: dict[str, EventLog] = {}
         #: Presence changes, shared by everyone (each skips its own).
         self._presence = EventLog(keep=PRESENCE_KEEP)
+        self._presence_wake: asyncio.TimerHandle | None = None
         self._online: dict[str, set[Session]] = {}
         self.throttle = LoginThrottle()
         self.hash_gate = hash_gate if hash_gate is not None else HashGate()
@@ -314,11 +318,22 @@ class ChatService:
         event = {"type": "presence", "username": name, "online": online}
         self._seq += 1
         self._presence.append(Entry(self._seq, event, name, encoded_size(event)))
-        for other, sessions in list(self._online.items()):
-            if other != name:
-                for s in list(sessions):
-                    if s.held is not None:
-                        self._answer_held(s)
+        # Every held poll wants to hear it: waking them all per change made a
+        # wave of N logins O(N^2) replies. One wake-up pass per short window
+        # delivers all the window's changes at once.
+        if self._presence_wake is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (offline tools): nobody can be held
+                return
+            self._presence_wake = loop.call_later(PRESENCE_WAKE_DELAY, self._wake_for_presence)
+
+    def _wake_for_presence(self) -> None:
+        self._presence_wake = None
+        for sessions in list(self._online.values()):
+            for s in list(sessions):
+                if s.held is not None:
+                    self._answer_held(s)  # answers only if something is new for it
 
     def _exit(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         if session.token is not None:
@@ -538,6 +553,15 @@ class ChatService:
             return
         base, _ = session.held
         session.held = None
+        if self._presence_wake is not None:
+            # Presence news is waiting for its wake-up pass: collect it now
+            # rather than skip past it.
+            reply = self._collect(session, session.cursor)
+            if reply is None:
+                reply = {"cursor": self.cursor(), "events": [], "reset": True}
+            session.cursor = reply["cursor"]
+            session.send({**base, "ok": True, **reply})
+            return
         if session.cursor >> SEQ_BITS == self.boot:
             # Held polls are answered as soon as an event arrives, so nothing
             # between the held cursor and now is for this session.
@@ -561,6 +585,9 @@ class ChatService:
         """Clean shutdown: compact into history.json and close the journal."""
         self.closing = True
         self.hash_gate.close()
+        if self._presence_wake is not None:
+            self._presence_wake.cancel()
+            self._presence_wake = None
         self.tokens.close()
         try:
             self.history.compact_now(self.snapshot())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -733,6 +734,36 @@ async def test_held_poll_ends_on_disconnect(svc: ChatService) -> None:
 
 
 # -- presence and several sessions ----------------------------------------------------------
+
+
+async def test_a_wave_of_logins_wakes_a_held_poll_once(svc: ChatService) -> None:
+    a = Client(svc)
+    a.login("Alice")
+    assert a.req("poll", wait_ms=10_000) is None  # held
+    Client(svc).login("Bob")
+    Client(svc).login("Charlie")
+    assert a.out == []  # not woken per login...
+    await async_wait_for(lambda: a.out, 5, "the presence wake-up")
+    await asyncio.sleep(chat.PRESENCE_WAKE_DELAY * 2)
+    # ...but once, with the whole wave.
+    assert len(a.out) == 1
+    assert a.out[0]["events"] == [
+        {"type": "presence", "username": "Bob", "online": True},
+        {"type": "presence", "username": "Charlie", "online": True},
+    ]
+
+
+async def test_held_poll_ending_before_the_wake_up_still_gets_presence(
+    svc: ChatService,
+) -> None:
+    a = Client(svc)
+    a.login("Alice")
+    assert a.req("poll", wait_ms=20) is None  # ends before the wake-up pass
+    Client(svc).login("Bob")
+    await async_wait_for(lambda: a.out, 5, "the held poll to end")
+    assert a.out[0]["events"] == [{"type": "presence", "username": "Bob", "online": True}]
+    await asyncio.sleep(chat.PRESENCE_WAKE_DELAY * 2)
+    assert a.poll_events(cursor=a.out[0]["cursor"]) == []  # delivered once, not skipped
 
 
 async def test_presence_with_several_sessions(svc: ChatService) -> None:
