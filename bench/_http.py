@@ -55,8 +55,9 @@ class _Conn(asyncio.Protocol):
         body = bytes(self.buf[end + 4 : end + 4 + length])
         del self.buf[: end + 4 + length]
         status = int(head[9:12])
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result((status, head, body))
+        waiter, self.waiter = self.waiter, None  # keep no reference to a big body
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, head, body))
 
     async def request(self, data: bytes) -> tuple[int, bytes, bytes]:
         assert self.transport is not None

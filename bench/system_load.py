@@ -228,8 +228,11 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
         http = Browser("127.0.0.1", cfg["web_port"])
         async with sem:
             for _ in range(100):
+                # On the connection the polls will use, as a browser reuses its
+                # idle keep-alive connection: aiohttp keeps a connection's last
+                # response (the login's, with every user) until its next request.
                 status, body = await http.request(
-                    "POST", "/api/login", {"username": name, "password": PASSWORD}
+                    "POST", "/api/login", {"username": name, "password": PASSWORD}, lane="poll"
                 )
                 if status != 429:  # the core's hash gate: come back in a moment
                     break
