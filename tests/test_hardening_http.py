@@ -27,6 +27,8 @@ JSON = {"Content-Type": "application/json"}
 STALL_BOUND = 5.0
 #: The argon2 storm test: one blocked loop turn is ~35 ms; unbounded it was ~3.5 s.
 STORM_BOUND = 1.0
+#: More than the core's hash gate lets wait (128), so some are refused.
+STORM = 300
 
 
 @pytest.fixture
@@ -277,7 +279,7 @@ async def _ping_until(bob: TcpUser, stop: asyncio.Event) -> list[float]:
 async def test_login_storm_over_many_names_does_not_stall_the_core(
     browser: Any, bob: TcpUser
 ) -> None:
-    """100 wrong logins under 100 names: argon2 must not freeze the core's loop.
+    """Wrong logins under 300 names: argon2 must not freeze the core's loop.
 
     Without the hash gate they ran back to back in one loop turn (~100 x 35 ms:
     healthz and every desktop client waited ~3.5 s).
@@ -290,10 +292,12 @@ async def test_login_storm_over_many_names_does_not_stall_the_core(
     pinger = asyncio.create_task(_ping_until(bob, stop))
     attackers = await browser()
     t0 = time.monotonic()
+    # Several clients: one aiohttp client keeps at most 100 requests in flight.
+    more = [attackers, await browser(), await browser()]
     responses = await asyncio.gather(
         *(
-            attackers.post("/api/login", json={"username": f"nobody{i}", "password": "x"})
-            for i in range(100)
+            more[i % 3].post("/api/login", json={"username": f"nobody{i}", "password": "x"})
+            for i in range(STORM)
         )
     )
     storm_s = time.monotonic() - t0
@@ -301,14 +305,14 @@ async def test_login_storm_over_many_names_does_not_stall_the_core(
     rounds = await watcher
     pings = await pinger
     print(
-        f"\nname-spraying storm: 100 wrong logins in {storm_s:.2f} s; {rounds} rounds, max poll "
-        f"latency {_ms(lat['poll'])}, max healthz latency {_ms(lat['healthz'])}, "
+        f"\nname-spraying storm: {STORM} wrong logins in {storm_s:.2f} s; {rounds} rounds, "
+        f"max poll latency {_ms(lat['poll'])}, max healthz latency {_ms(lat['healthz'])}, "
         f"{len(pings)} desktop pings, max {_ms(pings)}"
     )
     statuses = [r.status for r in responses]
     assert set(statuses) <= {401, 429}
-    # Some were really checked, and the excess was turned away without hashing.
-    assert statuses.count(401) >= 10 and statuses.count(429) >= 1
+    # Up to the gate's queue were really checked; the excess was turned away unhashed.
+    assert statuses.count(401) >= 100 and statuses.count(429) >= 1
     busy = [await r.json() for r in responses if r.status == 429]
     assert all(b["error"] == "rate_limited" and "busy" in b["message"] for b in busy)
     assert max(lat["poll"]) < STORM_BOUND  # answered by the gateway's buffer
