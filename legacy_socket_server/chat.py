@@ -274,6 +274,10 @@ class ChatService:
         try:
             if session.closed:
                 raise ChatError("not_logged_in", "the connection closed during login")
+            if session.username is not None:  # two logins raced on one session
+                raise ChatError(
+                    "bad_request", "already logged in; log in again on a new connection"
+                )
             if ok is None:
                 self._check_lock(name)
             if not ok:

@@ -128,3 +128,22 @@ async def test_connection_gone_while_login_waits_leaves_no_ghost(core: CoreServe
     assert users["Alice"]["online"] is False
     assert "Alice" not in core.service._online
     await bob.close()
+
+
+async def test_two_waiting_logins_on_one_session_start_it_once(
+    tmp_path: Any, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from core_helpers import Client, make_service
+
+    seed_users(tmp_path / "data", tmp_path_factory.getbasetemp() / "users-template")
+    svc = make_service(tmp_path / "data", hash_gate=HashGate(burst=0.0))
+    try:
+        a = Client(svc)
+        login = {"purpose": "login", "username": "Alice", "password": "123"}
+        first, second = svc.handle(a.session, dict(login)), svc.handle(a.session, dict(login))
+        replies = await asyncio.wait_for(asyncio.gather(first, second), 5)
+        assert [r["ok"] for r in replies] == [True, False]
+        assert replies[1]["error"] == "bad_request"
+        assert len(svc._online["Alice"]) == 1
+    finally:
+        svc.close()
