@@ -267,7 +267,9 @@ async def api_poll(request: web.Request) -> web.StreamResponse:
     wait_ms = query_int(request, "wait_ms", 0, MAX_WAIT_MS) or 0
     reply = await request.app[GATEWAY_KEY].poll(session, cursor, wait_ms / 1000)
     # The buffer keeps events encoded: the body is joined, not re-encoded.
-    return web.Response(body=reply.body(), content_type="application/json", headers=NO_STORE)
+    return web.Response(
+        body=reply.body(), content_type="application/json", charset="utf-8", headers=NO_STORE
+    )
 
 
 async def api_send(request: web.Request) -> web.StreamResponse:

@@ -267,10 +267,14 @@ async def test_browser_and_tcp_user_exchange_messages(browser: Any, tcp: Any) ->
     got = await bob.wait_event(lambda e: e.get("type") == "message")
     assert got["message"] == sent
     assert (await bob.users())["Alice"] == {"username": "Alice", "online": True, "unread": 1}
-    reply = await bob.client.send_message("Alice", "hi Alice")
+    # Not ASCII: the poll body is joined from pre-encoded UTF-8 events.
+    reply = await bob.client.send_message("Alice", "hi Alice — ça va? 🌍")
     event, cursor = await poll_until(
         client, cursor, lambda e: e.get("type") == "message" and e["message"]["id"] == reply["id"]
     )
+    assert event["message"] == reply
+    resp = await client.get("/api/poll", params={"cursor": 0})
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
     users = {u["username"]: u for u in (await (await client.get("/api/users")).json())["users"]}
     assert users["Bob"]["unread"] == 1 and users["Bob"]["online"] is True
     assert (
@@ -281,7 +285,7 @@ async def test_browser_and_tcp_user_exchange_messages(browser: Any, tcp: Any) ->
     history = await (await client.get("/api/history", params={"with": "Bob"})).json()
     tcp_history = await bob.client.call("history", **{"with": "Alice"})
     assert history["messages"] == tcp_history["messages"]
-    assert [m["text"] for m in history["messages"]] == ["hi Bob", "hi Alice"]
+    assert [m["text"] for m in history["messages"]] == ["hi Bob", "hi Alice — ça va? 🌍"]
 
 
 async def test_two_browsers_of_one_user(browser: Any, tcp: Any) -> None:
