@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
 import time
 from bisect import bisect_left, bisect_right
@@ -26,7 +25,9 @@ from typing import Any
 from .conversations import Conversation
 from .events import SEQ_BITS, SEQ_MASK, Entry, EventLog, collect, encoded_size
 from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
+from .login import PasswordLogin
 from .protocol import DEFAULT_MAX_FRAME_BYTES
+from .session import ChatError, Session
 from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
 from .tokens import TokenStore
@@ -53,30 +54,6 @@ PRESENCE_WAKE_DELAY = 0.1
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
 
-class Session:
-    """One connection's state. ``send`` delivers out-of-order (held poll) replies."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, send: Callable[[dict[str, Any]], None], peer: str = "") -> None:
-        self.id = next(Session._ids)
-        self.send = send
-        self.peer = peer
-        self.username: str | None = None
-        self.token: str | None = None
-        self.cursor = 0
-        self.held: tuple[dict[str, Any], asyncio.TimerHandle] | None = None
-        self.closed = False
-        self.exited = False
-
-
-class ChatError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _encodable(text: str) -> bool:
     # JSON lets a lone surrogate ("\ud800") through; it could never be echoed back.
     try:
@@ -90,7 +67,7 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class ChatService:
+class ChatService(PasswordLogin):
     def __init__(
         self,
         users: UserStore,
@@ -224,71 +201,6 @@ class ChatService:
         return {**base, "ok": True, **result}
 
     # -- login, resume, exit ----------------------------------------------------
-    def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
-        if session.username is not None:
-            raise BadRequest("already logged in; log in again on a new connection")
-        name = get_str(req, "username", max_len=64)
-        password = get_str(req, "password", max_len=1024)
-        self._check_lock(name)
-        # Only the argon2 check goes through the gate: it is what a storm of
-        # logins under many names would pile onto the loop.
-        verdict = self.hash_gate.run(lambda: self._password_ok(session, name, password))
-        if verdict is None:
-            raise ChatError("rate_limited", "the server is busy with logins; try again in a moment")
-        if not isinstance(verdict, asyncio.Future):
-            return self._login_reply(session, name, verdict, base)
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-        def decided(f: asyncio.Future[bool | None]) -> None:
-            if not reply.done():
-                reply.set_result(self._login_reply(session, name, f.result(), base))
-
-        def abandoned(r: asyncio.Future[dict[str, Any]]) -> None:
-            if r.cancelled():  # the connection went away: no hashing for nobody
-                verdict.cancel()
-
-        verdict.add_done_callback(decided)
-        reply.add_done_callback(abandoned)
-        return reply
-
-    def _check_lock(self, name: str) -> None:
-        wait = self.throttle.locked_for(name, time.monotonic())
-        if wait:
-            raise ChatError(
-                "rate_limited", f"too many failed logins; try again in {int(wait) + 1} s"
-            )
-
-    def _password_ok(self, session: Session, name: str, password: str) -> bool | None:
-        """The argon2 check; ``None`` when it no longer matters or may not run."""
-        if session.closed or self.throttle.locked_for(name, time.monotonic()):
-            return None  # gone while waiting, or locked meanwhile: spend nothing
-        self.users.refresh()
-        t0 = time.perf_counter()
-        ok = self.users.verify(name, password)
-        log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
-        return ok
-
-    def _login_reply(
-        self, session: Session, name: str, ok: bool | None, base: dict[str, Any]
-    ) -> dict[str, Any]:
-        try:
-            if session.closed:
-                raise ChatError("not_logged_in", "the connection closed during login")
-            if session.username is not None:  # two logins raced on one session
-                raise ChatError(
-                    "bad_request", "already logged in; log in again on a new connection"
-                )
-            if ok is None:
-                self._check_lock(name)
-            if not ok:
-                self.throttle.failed(name, time.monotonic())
-                raise ChatError("invalid_credentials", "wrong user name or password")
-            self.throttle.succeeded(name)
-            token = self.tokens.issue(name, self.users.fingerprint(name) or "")
-            return {**base, "ok": True, **self._start_session(session, name, token)}
-        except ChatError as exc:
-            return {**base, "ok": False, "error": exc.code, "message": exc.message}
-
     def _resume(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         if session.username is not None:
             raise BadRequest("already logged in; resume on a new connection")
@@ -573,7 +485,7 @@ class ChatService:
         session.send({**base, "ok": True, "cursor": session.cursor, "events": []})
 
     _handlers: dict[str, Callable[..., Any]] = {
-        "login": _login,
+        "login": PasswordLogin._login,
         "resume": _resume,
         "exit": _exit,
         "ping": _ping,

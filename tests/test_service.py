@@ -17,6 +17,7 @@ import pytest
 from core_helpers import Client, async_wait_for, make_service, seed_users
 
 from legacy_socket_server import chat, events
+from legacy_socket_server import login as login_module
 from legacy_socket_server.chat import ChatService
 from legacy_socket_server.protocol import encode
 from legacy_socket_server.users import UserStore
@@ -37,7 +38,7 @@ async def svc(data_dir: Path) -> AsyncIterator[ChatService]:
 
 
 class FakeClock:
-    """Stands in for ``chat.time``: the service's monotonic clock, moved by the test."""
+    """Stands in for ``time`` in chat.py and login.py: the service's clock, moved by the test."""
 
     def __init__(self) -> None:
         self.offset = 0.0
@@ -50,11 +51,9 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(
-        chat,
-        "time",
-        types.SimpleNamespace(monotonic=fake.monotonic, perf_counter=time.perf_counter),
-    )
+    fake_time = types.SimpleNamespace(monotonic=fake.monotonic, perf_counter=time.perf_counter)
+    monkeypatch.setattr(chat, "time", fake_time)
+    monkeypatch.setattr(login_module, "time", fake_time)
     return fake
 
 

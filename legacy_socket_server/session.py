@@ -1,0 +1,32 @@
+"""A connection's chat state, and the error a chat rule raises."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+
+class Session:
+    """One connection's state. ``send`` delivers out-of-order (held poll) replies."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], peer: str = "") -> None:
+        self.id = next(Session._ids)
+        self.send = send
+        self.peer = peer
+        self.username: str | None = None
+        self.token: str | None = None
+        self.cursor = 0
+        self.held: tuple[dict[str, Any], asyncio.TimerHandle] | None = None
+        self.closed = False
+        self.exited = False
+
+
+class ChatError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
