@@ -196,8 +196,8 @@ class ChatService(PasswordLogin):
             return {**base, "ok": False, "error": "bad_request", "message": str(exc)}
         except ChatError as exc:
             return {**base, "ok": False, "error": exc.code, "message": exc.message}
-        if result is None or isinstance(result, asyncio.Future) or "ok" in result:
-            return result  # held, later, or a whole reply (login's hash gate)
+        if result is None or isinstance(result, asyncio.Future):
+            return result
         return {**base, "ok": True, **result}
 
     # -- login, resume, exit ----------------------------------------------------
@@ -452,10 +452,10 @@ class ChatService(PasswordLogin):
             last = self._seq  # nothing for us up to now: skip ahead
         return {"cursor": (self.boot << SEQ_BITS) | last, "events": events}
 
-    def _answer_held(self, session: Session) -> None:
+    def _answer_held(self, session: Session, even_if_empty: bool = False) -> None:
         base, timer = session.held  # type: ignore[misc]
         reply = self._collect(session, session.cursor)
-        if reply is not None and not reply["events"]:
+        if reply is not None and not reply["events"] and not even_if_empty:
             return
         timer.cancel()
         session.held = None
@@ -467,17 +467,13 @@ class ChatService(PasswordLogin):
     def _held_timeout(self, session: Session) -> None:
         if session.held is None:
             return
+        if self._presence_wake is not None:
+            # Presence news is waiting for its wake-up pass: deliver it now
+            # rather than skip past it.
+            self._answer_held(session, even_if_empty=True)
+            return
         base, _ = session.held
         session.held = None
-        if self._presence_wake is not None:
-            # Presence news is waiting for its wake-up pass: collect it now
-            # rather than skip past it.
-            reply = self._collect(session, session.cursor)
-            if reply is None:
-                reply = {"cursor": self.cursor(), "events": [], "reset": True}
-            session.cursor = reply["cursor"]
-            session.send({**base, "ok": True, **reply})
-            return
         if session.cursor >> SEQ_BITS == self.boot:
             # Held polls are answered as soon as an event arrives, so nothing
             # between the held cursor and now is for this session.

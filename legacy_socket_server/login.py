@@ -43,12 +43,21 @@ class PasswordLogin:
         if verdict is None:
             raise ChatError("rate_limited", "the server is busy with logins; try again in a moment")
         if not isinstance(verdict, asyncio.Future):
-            return self._login_reply(session, name, verdict, base)
+            return self._login_fields(session, name, verdict)
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def decided(f: asyncio.Future[bool | None]) -> None:
-            if not reply.done():
-                reply.set_result(self._login_reply(session, name, f.result(), base))
+            if reply.done():
+                return
+            if f.cancelled():  # the gate closed (shutdown)
+                reply.cancel()
+                return
+            try:
+                reply.set_result(
+                    {**base, "ok": True, **self._login_fields(session, name, f.result())}
+                )
+            except ChatError as exc:
+                reply.set_result({**base, "ok": False, "error": exc.code, "message": exc.message})
 
         def abandoned(r: asyncio.Future[dict[str, Any]]) -> None:
             if r.cancelled():  # the connection went away: no hashing for nobody
@@ -75,23 +84,17 @@ class PasswordLogin:
         log.debug("argon2 verify took %.1f ms", (time.perf_counter() - t0) * 1000)
         return ok
 
-    def _login_reply(
-        self, session: Session, name: str, ok: bool | None, base: dict[str, Any]
-    ) -> dict[str, Any]:
-        try:
-            if session.closed:
-                raise ChatError("not_logged_in", "the connection closed during login")
-            if session.username is not None:  # two logins raced on one session
-                raise ChatError(
-                    "bad_request", "already logged in; log in again on a new connection"
-                )
-            if ok is None:
-                self._check_lock(name)
-            if not ok:
-                self.throttle.failed(name, time.monotonic())
-                raise ChatError("invalid_credentials", "wrong user name or password")
-            self.throttle.succeeded(name)
-            token = self.tokens.issue(name, self.users.fingerprint(name) or "")
-            return {**base, "ok": True, **self._start_session(session, name, token)}
-        except ChatError as exc:
-            return {**base, "ok": False, "error": exc.code, "message": exc.message}
+    def _login_fields(self, session: Session, name: str, ok: bool | None) -> dict[str, Any]:
+        """The reply fields once the password is judged; raise :class:`ChatError` if refused."""
+        if session.closed:
+            raise ChatError("not_logged_in", "the connection closed during login")
+        if session.username is not None:  # two logins raced on one session
+            raise ChatError("bad_request", "already logged in; log in again on a new connection")
+        if ok is None:
+            self._check_lock(name)
+        if not ok:
+            self.throttle.failed(name, time.monotonic())
+            raise ChatError("invalid_credentials", "wrong user name or password")
+        self.throttle.succeeded(name)
+        token = self.tokens.issue(name, self.users.fingerprint(name) or "")
+        return self._start_session(session, name, token)
