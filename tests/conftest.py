@@ -9,10 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from core_helpers import FakeClock, make_service, seed_users
+
+from legacy_socket_server import chat
+from legacy_socket_server import login as login_module
+from legacy_socket_server.chat import ChatService
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_USERS = {"Alice": "123", "Bob": "456", "Charlie": "789"}
@@ -124,3 +130,27 @@ def core_proc(tmp_path: Path) -> Iterator[CoreProcess]:
     core = CoreProcess(tmp_path / "data").start(port=0)
     yield core
     core.stop()
+
+
+# -- ChatService fixtures (tests/test_service*.py): a real service, no sockets ----------------
+@pytest.fixture
+def data_dir(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path / "data"
+    seed_users(d, tmp_path_factory.getbasetemp() / "users-template")
+    return d
+
+
+@pytest.fixture
+async def svc(data_dir: Path) -> AsyncIterator[ChatService]:
+    s = make_service(data_dir)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    fake_time = types.SimpleNamespace(monotonic=fake.monotonic, perf_counter=time.perf_counter)
+    monkeypatch.setattr(chat, "time", fake_time)
+    monkeypatch.setattr(login_module, "time", fake_time)
+    return fake

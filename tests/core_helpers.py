@@ -215,3 +215,20 @@ async def gather_limited(coros: list[Awaitable[Any]], limit: int = 50) -> list[A
             return await c
 
     return await asyncio.gather(*(one(c) for c in coros))
+
+
+class FakeClock:
+    """Stands in for ``time`` in chat.py and login.py: the service's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.perf_counter = time.perf_counter
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+
+def restart(svc: ChatService, data_dir: Path, **kwargs: Any) -> ChatService:
+    """Close ``svc`` and start a new service on the same data (a clean restart)."""
+    svc.close()
+    return make_service(data_dir, **kwargs)
