@@ -25,13 +25,10 @@ import json
 import secrets
 from typing import Any, NamedTuple
 
-SEQ_BITS = 32
-SEQ_MASK = (1 << SEQ_BITS) - 1
+from legacy_socket_server.contract import MAX_POLL_EVENTS, SEQ_BITS, SEQ_MASK
+
 #: 20 bits of epoch + 32 of seq fit a JavaScript number exactly.
 EPOCH_BITS = 20
-#: The protocol asks for at least 100 events per poll; more per reply means
-#: fewer round trips for a tab that fell behind.
-MAX_POLL_EVENTS = 500
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _RESET_MARK = b'{"type":"_reset"}'

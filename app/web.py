@@ -18,6 +18,7 @@ import jinja2
 from aiohttp import web
 
 from legacy_socket_server.client import CoreError, CoreUnavailable
+from legacy_socket_server.contract import MAX_WAIT_MS
 from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "chat_session"
-MAX_WAIT_MS = 30_000  # PROTOCOL.md: wait_ms is 0 to 30,000
 
 CONFIG_KEY = web.AppKey("config", WebConfig)
 GATEWAY_KEY = web.AppKey("gateway", Gateway)

@@ -1,4 +1,4 @@
-"""The chat rules (PROTOCOL.md sections 2 and 3), with no transport in sight.
+"""The chat rules (docs/protocol.md#requests-and-replies, #events-and-cursors), no transport.
 
 ``ChatService.handle(session, request)`` returns the reply dict, or ``None``
 for a ``poll`` held by ``wait_ms`` (its reply goes out later through
@@ -22,8 +22,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .conversations import Conversation
-from .events import SEQ_BITS, SEQ_MASK, Entry, EventLog, collect, encoded_size
+from .contract import (
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    MAX_POLL_EVENTS,
+    MAX_TEXT_CHARS,
+    MAX_WAIT_MS,
+    SEQ_BITS,
+    SEQ_MASK,
+    is_text,
+    iso_timestamp,
+    pair_key,
+)
+from .conversations import ConversationIndex
+from .events import Entry, EventLog, collect, encoded_size
 from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .login import PasswordLogin
 from .protocol import DEFAULT_MAX_FRAME_BYTES
@@ -36,11 +48,6 @@ from .validation import BadRequest, get_int, get_str
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 10_000
-MAX_WAIT_MS = 30_000
-MAX_POLL_EVENTS = 500  # the protocol asks for at least 100 per poll
-HISTORY_DEFAULT_LIMIT = 50
-HISTORY_MAX_LIMIT = 200
 #: Room left in a frame for the reply's own fields around events/messages.
 REPLY_OVERHEAD = 256
 
@@ -54,19 +61,6 @@ PRESENCE_WAKE_DELAY = 0.1
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
 
-def _encodable(text: str) -> bool:
-    # JSON lets a lone surrogate ("\ud800") through; it could never be echoed back.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class ChatService(PasswordLogin):
     def __init__(
         self,
@@ -78,7 +72,15 @@ class ChatService(PasswordLogin):
         send_burst: float = SEND_BURST,
         send_rate: float = SEND_RATE,
         hash_gate: HashGate | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        #: Seconds, only ever compared (rate limits, login lockouts).
+        self.clock = clock
+        #: Message timestamps.
+        self.wall_clock = wall_clock
+        self._loop = loop
         self.users = users
         self.history = history
         self.tokens = tokens
@@ -88,7 +90,7 @@ class ChatService(PasswordLogin):
         self.boot = state.boot
         self._next_id = state.next_id
         self._messages: list[dict[str, Any]] = []
-        self._convs: dict[tuple[str, str], Conversation] = {}
+        self._convs: dict[tuple[str, str], ConversationIndex] = {}
         self._dedup: dict[tuple[str, str], dict[str, Any]] = {}
         for msg in state.messages:
             self._index(msg)
@@ -105,7 +107,7 @@ class ChatService(PasswordLogin):
         self._presence_wake: asyncio.TimerHandle | None = None
         self._online: dict[str, set[Session]] = {}
         self.throttle = LoginThrottle()
-        self.hash_gate = hash_gate if hash_gate is not None else HashGate()
+        self.hash_gate = hash_gate if hash_gate is not None else HashGate(clock=clock)
         self.closing = False
         log.info(
             "loaded %d messages, %d users (boot %d)",
@@ -121,12 +123,16 @@ class ChatService(PasswordLogin):
         if "client_msg_id" in msg:
             self._dedup[(msg["from"], msg["client_msg_id"])] = msg
 
-    def _conv(self, a: str, b: str) -> Conversation:
-        key = (a, b) if a < b else (b, a)
+    def _conv(self, a: str, b: str) -> ConversationIndex:
+        key = pair_key(a, b)
         conv = self._convs.get(key)
         if conv is None:
-            conv = self._convs[key] = Conversation()
+            conv = self._convs[key] = ConversationIndex()
         return conv
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop timers and futures belong to: the one given, else the running one."""
+        return self._loop if self._loop is not None else asyncio.get_running_loop()
 
     def cursor(self) -> int:
         return (self.boot << SEQ_BITS) | self._seq
@@ -138,7 +144,7 @@ class ChatService(PasswordLogin):
         return bool(self._online.get(name))
 
     def unread(self, user: str, peer: str) -> int:
-        conv = self._convs.get((user, peer) if user < peer else (peer, user))
+        conv = self._convs.get(pair_key(user, peer))
         if conv is None:
             return 0
         ids = conv.sent.get(peer)
@@ -176,7 +182,7 @@ class ChatService(PasswordLogin):
             if (
                 isinstance(rid, bool)
                 or not isinstance(rid, (int, str))
-                or (isinstance(rid, str) and (len(rid) > 64 or not _encodable(rid)))
+                or (isinstance(rid, str) and (len(rid) > 64 or not is_text(rid)))
             ):
                 return {
                     **base,
@@ -239,7 +245,7 @@ class ChatService(PasswordLogin):
         # delivers all the window's changes at once.
         if self._presence_wake is None:
             try:
-                loop = asyncio.get_running_loop()
+                loop = self.loop()
             except RuntimeError:  # no loop (offline tools): nobody can be held
                 return
             self._presence_wake = loop.call_later(PRESENCE_WAKE_DELAY, self._wake_for_presence)
@@ -311,14 +317,14 @@ class ChatService(PasswordLogin):
             raise ChatError("empty_text", "message text is empty")
         if len(text) > MAX_TEXT_CHARS:
             raise ChatError("text_too_long", f"messages are limited to {MAX_TEXT_CHARS} characters")
-        if not self.sends.take(sender, time.monotonic()):
+        if not self.sends.take(sender, self.clock()):
             raise ChatError("rate_limited", "you are sending too fast; wait a moment")
         msg: dict[str, Any] = {
             "id": self._next_id,
             "from": sender,
             "to": to,
             "text": text,
-            "ts": now_iso(),
+            "ts": iso_timestamp(self.wall_clock),
         }
         if cmid is not None:
             msg["client_msg_id"] = cmid
@@ -339,7 +345,7 @@ class ChatService(PasswordLogin):
     def _after_commit(self, commit: asyncio.Future[None] | None, base: dict, fields: dict):
         if commit is None:
             return fields
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
 
         def done(f: asyncio.Future[None]) -> None:
             if f.exception() is not None:
@@ -366,7 +372,7 @@ class ChatService(PasswordLogin):
         before = get_int(req, "before", required=False)
         limit = get_int(req, "limit", required=False, lo=1, hi=HISTORY_MAX_LIMIT)
         limit = HISTORY_DEFAULT_LIMIT if limit is None else limit
-        conv = self._convs.get(self._key(session.username, peer))  # type: ignore[arg-type]
+        conv = self._convs.get(pair_key(session.username, peer))  # type: ignore[arg-type]
         if conv is None:
             return {"messages": [], "has_more": False}
         end = len(conv.ids) if before is None else bisect_left(conv.ids, before)
@@ -382,15 +388,11 @@ class ChatService(PasswordLogin):
             k -= 1
         return {"messages": conv.messages[k:end], "has_more": k > 0}
 
-    @staticmethod
-    def _key(a: str, b: str) -> tuple[str, str]:
-        return (a, b) if a < b else (b, a)
-
     def _read(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         user: str = session.username  # type: ignore[assignment]
         peer = self._peer(session, req, "with")
         up_to = get_int(req, "up_to", lo=0)
-        conv = self._convs.get(self._key(user, peer))
+        conv = self._convs.get(pair_key(user, peer))
         newest = conv.ids[-1] if conv else 0
         peers = self._markers.setdefault(user, {})
         old = peers.get(peer, 0)
@@ -426,9 +428,7 @@ class ChatService(PasswordLogin):
             reply = {"cursor": self.cursor(), "events": [], "reset": True}
         elif not reply["events"] and wait_ms > 0:
             session.cursor = cursor
-            timer = asyncio.get_running_loop().call_later(
-                wait_ms / 1000, self._held_timeout, session
-            )
+            timer = self.loop().call_later(wait_ms / 1000, self._held_timeout, session)
             session.held = (base, timer)
             return None
         session.cursor = reply["cursor"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 
-class Conversation:
+class ConversationIndex:
     """Messages between two users, oldest first, and each side's sent ids."""
 
     __slots__ = ("ids", "messages", "sent")

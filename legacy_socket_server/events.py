@@ -16,9 +16,6 @@ import json
 from bisect import bisect_right
 from typing import Any
 
-SEQ_BITS = 32
-SEQ_MASK = (1 << SEQ_BITS) - 1
-
 #: Events kept per user. A client that falls further behind than this (e.g.
 #: a laptop asleep for hours while its peers chatted) gets ``reset`` and
 #: reloads from history, which holds everything anyway.

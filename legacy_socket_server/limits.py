@@ -107,12 +107,14 @@ class HashGate:
         burst: float = HASH_BURST_S,
         duty: float = HASH_DUTY,
         max_waiting: int = HASH_MAX_WAITING,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.clock = clock
         self.burst = burst
         self.duty = duty
         self.max_waiting = max_waiting
         self._credit = burst
-        self._stamp = time.monotonic()
+        self._stamp = clock()
         self._queue: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -133,7 +135,7 @@ class HashGate:
         return fut
 
     def _refill(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self._credit = min(self.burst, self._credit + (now - self._stamp) * self.duty)
         self._stamp = now
 

@@ -29,6 +29,8 @@ class PasswordLogin:
     tokens: TokenStore
     throttle: LoginThrottle
     hash_gate: HashGate
+    clock: Callable[[], float]
+    loop: Callable[[], asyncio.AbstractEventLoop]
     _start_session: Callable[[Session, str, str], dict[str, Any]]
 
     def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
@@ -44,7 +46,7 @@ class PasswordLogin:
             raise ChatError("rate_limited", "the server is busy with logins; try again in a moment")
         if not isinstance(verdict, asyncio.Future):
             return self._login_fields(session, name, verdict)
-        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
 
         def decided(f: asyncio.Future[bool | None]) -> None:
             if reply.done():
@@ -68,7 +70,7 @@ class PasswordLogin:
         return reply
 
     def _check_lock(self, name: str) -> None:
-        wait = self.throttle.locked_for(name, time.monotonic())
+        wait = self.throttle.locked_for(name, self.clock())
         if wait:
             raise ChatError(
                 "rate_limited", f"too many failed logins; try again in {int(wait) + 1} s"
@@ -76,7 +78,7 @@ class PasswordLogin:
 
     def _password_ok(self, session: Session, name: str, password: str) -> bool | None:
         """The argon2 check; ``None`` when it no longer matters or may not run."""
-        if session.closed or self.throttle.locked_for(name, time.monotonic()):
+        if session.closed or self.throttle.locked_for(name, self.clock()):
             return None  # gone while waiting, or locked meanwhile: spend nothing
         self.users.refresh()
         t0 = time.perf_counter()
@@ -93,7 +95,7 @@ class PasswordLogin:
         if ok is None:
             self._check_lock(name)
         if not ok:
-            self.throttle.failed(name, time.monotonic())
+            self.throttle.failed(name, self.clock())
             raise ChatError("invalid_credentials", "wrong user name or password")
         self.throttle.succeeded(name)
         token = self.tokens.issue(name, self.users.fingerprint(name) or "")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .contract import is_text
+
 #: Largest DATA accepted or sent by default (PROTOCOL.md section 1): big
 #: enough for a 10,000-character message in any script, a history page or a
 #: poll batch, small enough that one peer cannot make us buffer much.
@@ -88,12 +90,9 @@ def decode_data(data: bytes) -> dict[str, Any]:
     purpose = obj.get("purpose")
     if not isinstance(purpose, str):
         raise ProtocolError("bad_request", "packet needs a string 'purpose'")
-    if not purpose.isascii():
+    if not is_text(purpose):
         # Every reply echoes the purpose; one JSON accepted as "\ud800" could not be sent back.
-        try:
-            purpose.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ProtocolError("bad_request", "'purpose' contains a lone surrogate") from None
+        raise ProtocolError("bad_request", "'purpose' contains a lone surrogate")
     return obj
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .contract import is_text
+
 
 class BadRequest(Exception):
     pass
@@ -19,11 +21,8 @@ def get_str(req: dict[str, Any], name: str, *, max_len: int | None, required: bo
         raise BadRequest(f"field {name!r} must be a string")
     if max_len is not None and len(value) > max_len:
         raise BadRequest(f"field {name!r} is longer than {max_len} characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        # JSON lets "\ud800" through; it is not text and cannot be stored as UTF-8.
-        raise BadRequest(f"field {name!r} contains a lone surrogate") from None
+    if not is_text(value):
+        raise BadRequest(f"field {name!r} contains a lone surrogate")
     return value
 
 

@@ -8,16 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from core_helpers import FakeClock, make_service, seed_users
+from waiting import wait_for
 
-from legacy_socket_server import chat
-from legacy_socket_server import login as login_module
 from legacy_socket_server.chat import ChatService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,18 +31,6 @@ def require_tool(name: str, why: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
-
-
-def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
-    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 _LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -141,16 +126,13 @@ def data_dir(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-async def svc(data_dir: Path) -> AsyncIterator[ChatService]:
-    s = make_service(data_dir)
-    yield s
-    s.close()
+def clock() -> FakeClock:
+    """The service's clock (real time plus an offset the test moves)."""
+    return FakeClock()
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    fake_time = types.SimpleNamespace(monotonic=fake.monotonic, perf_counter=time.perf_counter)
-    monkeypatch.setattr(chat, "time", fake_time)
-    monkeypatch.setattr(login_module, "time", fake_time)
-    return fake
+async def svc(data_dir: Path, clock: FakeClock) -> AsyncIterator[ChatService]:
+    s = make_service(data_dir, clock=clock.monotonic)
+    yield s
+    s.close()

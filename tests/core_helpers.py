@@ -99,20 +99,6 @@ class Client:
         return self.ok("send_message", to=to, text=text, **fields)["message"]
 
 
-async def async_wait_for(
-    predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Await until ``predicate()`` is truthy, letting the loop run; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 class RawClient:
     """A black-box TCP client: raw bytes out, the codec to cut replies."""
 
@@ -218,11 +204,10 @@ async def gather_limited(coros: list[Awaitable[Any]], limit: int = 50) -> list[A
 
 
 class FakeClock:
-    """Stands in for ``time`` in chat.py and login.py: the service's clock, moved by the test."""
+    """A service's injected clock (``ChatService(clock=...)``): real time plus ``offset``."""
 
     def __init__(self) -> None:
         self.offset = 0.0
-        self.perf_counter = time.perf_counter
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, CoreProcess
-from core_helpers import RawClient, async_wait_for, seed_users
+from core_helpers import RawClient, seed_users
+from waiting import until
 
 from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
@@ -297,9 +298,9 @@ async def test_background_compaction(
             ids.append(r["message"]["id"])
             if history._child is not None:
                 compactions += 1
-                await async_wait_for(lambda: history._child is None, 10, "compaction")
+                await until(lambda: history._child is None, 10, "compaction")
         assert compactions >= 2
-        await async_wait_for(lambda: history._child is None, 10, "compaction")
+        await until(lambda: history._child is None, 10, "compaction")
         snap = json.loads((data / "history.json").read_text())
         snap_ids = [m["id"] for m in snap["messages"]]
         assert snap_ids == ids[: len(snap_ids)] and len(snap_ids) > 50

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import RawClient, async_wait_for, seed_users
+from core_helpers import RawClient, seed_users
+from waiting import until
 
 from legacy_socket_server import store as store_module
 from legacy_socket_server.protocol import encode
@@ -98,16 +99,14 @@ async def test_peer_that_never_reads_is_dropped(start_core: StartCore) -> None:
     await loop.sock_sendall(
         hog, encode({"purpose": "login", "username": "Charlie", "password": "789"})
     )
-    await async_wait_for(lambda: len(core.connections) == 3, what="Charlie's connection")
+    await until(lambda: len(core.connections) == 3, what="Charlie's connection")
     page = encode({"purpose": "history", "with": "Alice", "limit": 200})
     try:
         for _ in range(400):  # ~0 bytes read by us, ~120 MB of replies asked for
             await loop.sock_sendall(hog, page)
     except OSError:
         pass  # the server may already have dropped us: that is the point
-    await async_wait_for(
-        lambda: len(core.connections) == 2, timeout=15, what="the server to drop the hog"
-    )
+    await until(lambda: len(core.connections) == 2, timeout=15, what="the server to drop the hog")
     hog.close()
     await assert_still_chatting(alice, bob, "after the hog was dropped")
 

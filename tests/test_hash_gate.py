@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import pytest
-from core_helpers import RawClient, async_wait_for, seed_users
+from core_helpers import RawClient, seed_users
+from waiting import until
 
 from legacy_socket_server.limits import HashGate
 from legacy_socket_server.protocol import encode
@@ -120,10 +121,10 @@ async def test_connection_gone_while_login_waits_leaves_no_ghost(core: CoreServe
     gate.run(busy(0.02))
     ghost = await RawClient.connect("127.0.0.1", core.port)
     await ghost.send({"purpose": "login", "username": "Alice", "password": "123"})
-    await async_wait_for(lambda: gate.waiting == 1, what="login queued")
+    await until(lambda: gate.waiting == 1, what="login queued")
     await ghost.close()
-    await async_wait_for(lambda: len(core.connections) == 1, what="the server saw it go")
-    await async_wait_for(lambda: gate.waiting == 0, what="queue drained")
+    await until(lambda: len(core.connections) == 1, what="the server saw it go")
+    await until(lambda: gate.waiting == 0, what="queue drained")
     users = {u["username"]: u for u in (await bob.call("users"))["users"]}
     assert users["Alice"]["online"] is False
     assert "Alice" not in core.service._online

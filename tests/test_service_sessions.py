@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import Client, async_wait_for, make_service, restart
+from core_helpers import Client, make_service, restart
+from waiting import until
 
 from legacy_socket_server import chat, events
 from legacy_socket_server.chat import ChatService
@@ -159,7 +160,7 @@ async def test_long_poll_wakes_on_event(svc: ChatService) -> None:
     assert a.out == []
     t0 = time.monotonic()
     m = b.send("Alice", "wake up")
-    reply = await async_wait_for(lambda: a.out, 5, "the held poll's reply")
+    reply = await until(lambda: a.out, 5, "the held poll's reply")
     assert time.monotonic() - t0 < 1
     assert reply == [
         {
@@ -189,7 +190,7 @@ async def test_long_poll_timeout(svc: ChatService) -> None:
     a.login("Alice")
     t0 = time.monotonic()
     assert a.req("poll", wait_ms=200, id=9) is None
-    reply = await async_wait_for(lambda: a.out, 5, "the poll to time out")
+    reply = await until(lambda: a.out, 5, "the poll to time out")
     elapsed = time.monotonic() - t0
     assert 0.15 < elapsed < 2
     assert reply[0]["ok"] is True and reply[0]["id"] == 9 and reply[0]["events"] == []
@@ -208,7 +209,7 @@ async def test_second_poll_ends_the_first(svc: ChatService) -> None:
     assert [r["id"] for r in a.out] == ["first"]
     assert a.out[0]["ok"] is True and a.out[0]["events"] == []
     m = b.send("Alice", "x")
-    await async_wait_for(lambda: len(a.out) == 2, 5, "the second poll")
+    await until(lambda: len(a.out) == 2, 5, "the second poll")
     assert a.out[1]["id"] == "second"
     assert a.out[1]["events"] == [{"type": "message", "message": m}]
 
@@ -220,7 +221,7 @@ async def test_held_poll_ends_on_disconnect(svc: ChatService) -> None:
     svc.disconnect(a.session)
     t0 = time.monotonic()
     while time.monotonic() - t0 < 0.5:
-        await async_wait_for(lambda: True)
+        await until(lambda: True)
     assert a.out == []
 
 
@@ -234,7 +235,7 @@ async def test_a_wave_of_logins_wakes_a_held_poll_once(svc: ChatService) -> None
     Client(svc).login("Bob")
     Client(svc).login("Charlie")
     assert a.out == []  # not woken per login...
-    await async_wait_for(lambda: a.out, 5, "the presence wake-up")
+    await until(lambda: a.out, 5, "the presence wake-up")
     await asyncio.sleep(chat.PRESENCE_WAKE_DELAY * 2)
     # ...but once, with the whole wave.
     assert len(a.out) == 1
@@ -251,7 +252,7 @@ async def test_held_poll_ending_before_the_wake_up_still_gets_presence(
     a.login("Alice")
     assert a.req("poll", wait_ms=20) is None  # ends before the wake-up pass
     Client(svc).login("Bob")
-    await async_wait_for(lambda: a.out, 5, "the held poll to end")
+    await until(lambda: a.out, 5, "the held poll to end")
     assert a.out[0]["events"] == [{"type": "presence", "username": "Bob", "online": True}]
     await asyncio.sleep(chat.PRESENCE_WAKE_DELAY * 2)
     assert a.poll_events(cursor=a.out[0]["cursor"]) == []  # delivered once, not skipped

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import RawClient, async_wait_for, gather_limited, seed_users
+from core_helpers import RawClient, gather_limited, seed_users
+from waiting import until
 
 from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
@@ -254,7 +255,7 @@ async def test_server_busy_at_connection_limit(start_core: StartCore) -> None:
     # The others are untouched; a freed slot is usable again.
     assert (await conns[0].request("ping"))["ok"]
     await conns[0].close()
-    await async_wait_for(lambda: len(core.connections) == 2, 5, "the slot to free")
+    await until(lambda: len(core.connections) == 2, 5, "the slot to free")
     again = await connect(core)
     assert (await again.request("ping"))["ok"]
     for c in [*conns[1:], again]:

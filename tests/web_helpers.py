@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient
 from conftest import DEMO_USERS
+from waiting import until
 
 from legacy_socket_server.client import CoreClient
-
-
-async def until(
-    check: Callable[[], Awaitable[Any] | Any], timeout: float = 10.0, what: str = "condition"
-) -> Any:
-    """Await ``check()`` until it is truthy; fail after ``timeout`` s (never blocks the loop)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class TcpUser:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 
@@ -13,11 +12,6 @@ class User:
     username: str
     online: bool = False
     unread: int = 0
-
-
-def now_iso() -> str:
-    """A timestamp in the server's format, for messages not yet confirmed."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass

@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .conversation import Conversation, User, now_iso
+from ..contract import MAX_TEXT_CHARS, iso_timestamp
+from .conversation import Conversation, User
 from .transport import CONNECT_TIMEOUT, Connection
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,6 @@ POLL_WAIT_MS = 25_000
 #: (e.g. a laptop that changed networks): drop it and reconnect.
 REPLY_TIMEOUT = 15.0
 HISTORY_PAGE = 50
-#: Same limit as the server (PROTOCOL.md); checked here so a person gets the
-#: message before anything is sent.
-MAX_TEXT = 10_000
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 #: ``rate_limited`` / ``storage_unavailable`` sends are retried after this.
@@ -145,8 +143,11 @@ class ChatClient:
         """Queue ``text`` to the open conversation; False (nothing sent) if unusable."""
         if self.peer is None or not text.strip() or self.phase == CLOSED:
             return False
-        if len(text) > MAX_TEXT:
-            self.error = f"That message has {len(text):,} characters; the limit is {MAX_TEXT:,}."
+        # The core's limit, checked here so a person gets the message before a round trip.
+        if len(text) > MAX_TEXT_CHARS:
+            self.error = (
+                f"That message has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,}."
+            )
             self._changed("status")
             return False
         cid = uuid.uuid4().hex
@@ -155,7 +156,7 @@ class ChatClient:
             "from": self.username,
             "to": self.peer,
             "text": text,
-            "ts": now_iso(),
+            "ts": iso_timestamp(),
             "client_msg_id": cid,
             "pending": True,
         }

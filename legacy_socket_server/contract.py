@@ -1,0 +1,51 @@
+"""The numbers and small rules of the contract, written once (docs/protocol.md).
+
+The core enforces them, the desktop client checks them early so a person gets
+a clear message before a round trip, and the gateway sizes its replies by
+them; all three import them from here so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+#: Longest message text, in Unicode code points (docs/protocol.md#requests-and-replies).
+MAX_TEXT_CHARS = 10_000
+#: Longest a ``poll`` may be held (``wait_ms``).
+MAX_WAIT_MS = 30_000
+#: Events in one poll reply. The contract asks for at least 100; more per
+#: reply means fewer round trips for a client that fell behind.
+MAX_POLL_EVENTS = 500
+HISTORY_DEFAULT_LIMIT = 50
+HISTORY_MAX_LIMIT = 200
+
+#: A cursor is ``epoch << SEQ_BITS | seq`` (docs/protocol.md#events-and-cursors):
+#: ``seq`` counts events, ``epoch`` tells runs (core) or sessions (gateway) apart.
+SEQ_BITS = 32
+SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+def is_text(value: str) -> bool:
+    """False for a string holding a lone surrogate (``"\\ud800"``).
+
+    JSON lets one through, but it is not text: it cannot be stored as UTF-8 or
+    echoed back, so every request field holding one is ``bad_request``.
+    """
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def iso_timestamp(now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:
+    """A message timestamp: UTC, milliseconds, ``Z`` (``2026-11-24T10:00:00.123Z``)."""
+    return now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def pair_key(a: str, b: str) -> tuple[str, str]:
+    """The key of the conversation between ``a`` and ``b``, the same from either side."""
+    return (a, b) if a < b else (b, a)
