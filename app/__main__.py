@@ -7,21 +7,21 @@ desktop clients connect to it on ``--core-port``.
 from __future__ import annotations
 
 import logging
-import sys
 
 from aiohttp import web
 
-from legacy_socket_server.server import run, wait_for_stop_signal
-from legacy_socket_server.storage_files import StoreError
+from legacy_socket_server.settings import run_main, setup_logging, wait_for_stop_signal
 
 from .config import WebConfig, build_parser, config_from_args
 from .web import CORE_KEY, connect_host, create_app
 
 
-def _bound_port(site: web.TCPSite, fallback: int) -> int:
-    server = site._server  # aiohttp keeps the asyncio server here; port 0 needs it
-    sockets = getattr(server, "sockets", None)
-    return sockets[0].getsockname()[1] if sockets else fallback
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    """The port the site listens on (``--port 0`` asks the OS to choose)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return fallback
 
 
 async def serve(config: WebConfig) -> None:
@@ -31,7 +31,7 @@ async def serve(config: WebConfig) -> None:
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=4096)
         await site.start()
-        port = _bound_port(site, config.port)
+        port = _bound_port(runner, config.port)
         host = connect_host(config.host)
         url_host = f"[{host}]" if ":" in host else host
         if config.core is None:
@@ -55,20 +55,8 @@ async def serve(config: WebConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        run(serve(config_from_args(args)))
-    except StoreError as exc:
-        logging.getLogger("app").error("refusing to start: %s", exc)
-        return 2
-    except OSError as exc:
-        logging.getLogger("app").error("cannot start: %s", exc)
-        return 1
-    return 0
+    setup_logging(args.log_level)
+    return run_main(serve(config_from_args(args)), "app")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,32 @@
 """Settings of the web app: command-line flags with ``CHAT_*`` environment fallbacks.
 
-The same names appear in ``python -m app --help``, README.md and docker-compose.yml
-(ARCHITECTURE.md principle 6).
+Declared with the one settings helper (legacy_socket_server/settings.py), so
+``python -m app --help``, README.md and docker-compose.yml name the same variables.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from legacy_socket_server.server import REPO_ROOT
+from legacy_socket_server.settings import (
+    DEFAULT_DATA_DIR,
+    SettingsParser,
+    add_log_level,
+    host_port,
+    port,
+    positive_float,
+)
 
-#: A browser session that has not polled for this long is logged out of the core,
-#: so closing the tab makes the user go offline (ARCHITECTURE.md principle 3).
+#: A browser session that has not polled for this long is logged out of the
+#: core, so closing the tab makes the user go offline (docs/architecture.md#web-app).
 IDLE_TIMEOUT = 30.0
 #: Events a session's buffer keeps; a tab further behind gets ``reset`` and reloads
 #: from history (which holds everything anyway).
 BUFFER_EVENTS = 1000
-#: PROTOCOL.md section 4: request bodies are at most 256 KiB.
+#: Request bodies are at most 256 KiB (docs/protocol.md#http-api).
 MAX_BODY_BYTES = 256 * 1024
 
 
@@ -29,7 +36,7 @@ class WebConfig:
     port: int = 8080
     #: ``(host, port)`` of an external core; ``None`` starts an embedded one.
     core: tuple[str, int] | None = None
-    data_dir: Path = field(default_factory=lambda: REPO_ROOT)
+    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR)
     core_port: int = 5050
     secure_cookies: bool = False
     trust_proxy: bool = False
@@ -42,111 +49,93 @@ class WebConfig:
     fsync: str = "everysec"
 
 
-def parse_core(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` works too) into a pair; raise ValueError otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
-    p = argparse.ArgumentParser(
+def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
+    p = SettingsParser(
         prog="python -m app",
         description=(
             "The chat web app: the browser client and its gateway into the core. "
             "Without --core it also runs the core in the same process. "
             "Every flag has an env fallback."
         ),
+        env=env,
     )
-    p.add_argument(
-        "--host",
-        default=env("CHAT_WEB_HOST", "127.0.0.1"),
-        help="address to listen on (env CHAT_WEB_HOST; default 127.0.0.1)",
+    p.add_setting("--host", env="CHAT_WEB_HOST", default="127.0.0.1", help="address to listen on")
+    p.add_setting(
+        "--port", env="CHAT_WEB_PORT", type=port, default=8080, help="HTTP port, 0 for any free one"
     )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(env("CHAT_WEB_PORT", "8080")),
-        help="HTTP port, 0 for any free one (env CHAT_WEB_PORT; default 8080)",
-    )
-    p.add_argument(
+    p.add_setting(
         "--core",
-        default=env("CHAT_CORE") or None,
+        env="CHAT_CORE",
+        type=host_port,
+        default=None,
         metavar="HOST:PORT",
-        help="use a running core instead of the embedded one (env CHAT_CORE)",
+        help="use a running core instead of the embedded one",
     )
-    p.add_argument(
+    p.add_setting(
         "--data-dir",
+        env="CHAT_DATA_DIR",
         type=Path,
-        default=Path(env("CHAT_DATA_DIR", str(REPO_ROOT))),
-        help="embedded core: data directory (env CHAT_DATA_DIR; default the repo root)",
+        default=DEFAULT_DATA_DIR,
+        help="embedded core: data directory (the default data/ is created from the seed files)",
     )
-    p.add_argument(
+    p.add_setting(
         "--core-port",
-        type=int,
-        default=int(env("CHAT_PORT", "5050")),
-        help="embedded core: TCP port for desktop clients (env CHAT_PORT; default 5050)",
+        env="CHAT_PORT",
+        type=port,
+        default=5050,
+        help="embedded core: TCP port for desktop clients",
     )
-    p.add_argument(
+    p.add_setting(
         "--fsync",
+        env="CHAT_FSYNC",
         choices=["always", "everysec"],
-        default=env("CHAT_FSYNC", "everysec"),
-        help="embedded core: journal flush policy (env CHAT_FSYNC; default everysec)",
+        default="everysec",
+        help="embedded core: journal flush policy",
     )
-    p.add_argument(
+    p.add_setting(
         "--secure-cookies",
-        action="store_true",
-        default=_flag(env("CHAT_SECURE_COOKIES", "0")),
-        help="always mark the session cookie Secure (env CHAT_SECURE_COOKIES=1)",
+        env="CHAT_SECURE_COOKIES",
+        switch=True,
+        default=False,
+        help="always mark the session cookie Secure",
     )
-    p.add_argument(
+    p.add_setting(
         "--trust-proxy",
-        action="store_true",
-        default=_flag(env("CHAT_WEB_TRUST_PROXY", "0")),
-        help="honour X-Forwarded-Proto/-Host from a reverse proxy (env CHAT_WEB_TRUST_PROXY=1)",
+        env="CHAT_WEB_TRUST_PROXY",
+        switch=True,
+        default=False,
+        help="honour X-Forwarded-Proto/-Host from a reverse proxy",
     )
-    p.add_argument(
+    p.add_setting(
         "--allowed-origins",
-        default=env("CHAT_WEB_ALLOWED_ORIGINS", ""),
-        help="extra origins allowed to POST, comma-separated (env CHAT_WEB_ALLOWED_ORIGINS)",
+        env="CHAT_WEB_ALLOWED_ORIGINS",
+        default="",
+        help="extra origins allowed to POST, comma-separated",
     )
-    p.add_argument(
+    p.add_setting(
         "--longpoll",
-        action="store_true",
-        default=_flag(env("CHAT_WEB_LONGPOLL", "0")),
-        help="browser clients long-poll instead of polling every 100 ms (env CHAT_WEB_LONGPOLL)",
+        env="CHAT_WEB_LONGPOLL",
+        switch=True,
+        default=False,
+        help="browser clients long-poll instead of polling every 100 ms",
     )
-    p.add_argument(
+    p.add_setting(
         "--idle-timeout",
-        type=float,
-        default=float(env("CHAT_WEB_IDLE_TIMEOUT", str(IDLE_TIMEOUT))),
-        help="seconds without a poll before a browser session is logged out "
-        "(env CHAT_WEB_IDLE_TIMEOUT; default 30)",
+        env="CHAT_WEB_IDLE_TIMEOUT",
+        type=positive_float,
+        default=IDLE_TIMEOUT,
+        help="seconds without a poll before a browser session is logged out",
     )
-    p.add_argument(
-        "--log-level",
-        default=env("CHAT_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (env CHAT_LOG_LEVEL; default INFO)",
-    )
+    add_log_level(p)
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> WebConfig:
-    try:
-        core = parse_core(args.core) if args.core else None
-    except ValueError as exc:
-        raise SystemExit(f"--core: {exc}")
     origins = frozenset(o.strip().rstrip("/") for o in args.allowed_origins.split(",") if o.strip())
     return WebConfig(
         host=args.host,
         port=args.port,
-        core=core,
+        core=args.core,
         data_dir=args.data_dir,
         core_port=args.core_port,
         fsync=args.fsync,

@@ -12,24 +12,34 @@ import argparse
 import asyncio
 import collections
 import logging
-import os
-import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .chat import ChatService, Session
+from .datadir import prepare as prepare_data_dir
 from .limits import SEND_BURST, SEND_RATE
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
-from .storage_files import StoreError
+from .settings import (
+    DEFAULT_DATA_DIR,
+    SettingsParser,
+    add_log_level,
+    boolean,
+    port,
+    positive_int,
+    run,
+    run_main,
+    setup_logging,
+    wait_for_stop_signal,
+)
 from .store import MIN_COMPACT_BYTES, HistoryStore
 from .tokens import TokenStore
 from .users import UserStore
 
 log = logging.getLogger("legacy_socket_server")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 #: A packet left incomplete this long is a stalled or hostile peer.
 PARTIAL_TIMEOUT = 30.0
 #: Replies queued for a peer that does not read; past this it is dropped
@@ -44,7 +54,7 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 5050
-    data_dir: Path = field(default_factory=lambda: REPO_ROOT)
+    data_dir: Path = field(default_factory=lambda: DEFAULT_DATA_DIR)
     fsync: str = "everysec"
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -173,7 +183,8 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _send_now(self, reply: dict[str, Any]) -> None:
-        # Held polls are answered out of order by design (PROTOCOL.md section 2).
+        # Held polls are answered when they end, out of request order
+        # (docs/protocol.md#requests-and-replies).
         self._write(reply)
 
     def _write(self, reply: dict[str, Any]) -> None:
@@ -240,8 +251,7 @@ class CoreServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        data_dir = Path(config.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir = prepare_data_dir(Path(config.data_dir))
         self.service = ChatService(
             UserStore(data_dir, create_demo=config.demo_users),
             HistoryStore(data_dir, fsync=config.fsync, min_compact_bytes=config.min_compact_bytes),
@@ -302,55 +312,54 @@ def _raise_fd_limit() -> None:
         pass
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
+    p = SettingsParser(
         prog="python server.py",
         description="The chat core server (framed TCP). Every flag has an env fallback.",
+        env=env,
     )
-    p.add_argument(
-        "--host",
-        default=_env("CHAT_HOST", "127.0.0.1"),
-        help="address to listen on (env CHAT_HOST; default 127.0.0.1)",
+    p.add_setting("--host", env="CHAT_HOST", default="127.0.0.1", help="address to listen on")
+    p.add_setting(
+        "--port", env="CHAT_PORT", type=port, default=5050, help="TCP port, 0 for any free one"
     )
-    p.add_argument(
-        "--port",
-        type=int,
-        default=int(_env("CHAT_PORT", "5050")),
-        help="TCP port, 0 for any free one (env CHAT_PORT; default 5050)",
-    )
-    p.add_argument(
+    p.add_setting(
         "--data-dir",
+        env="CHAT_DATA_DIR",
         type=Path,
-        default=Path(_env("CHAT_DATA_DIR", str(REPO_ROOT))),
-        help="users.json, history.json and journal (env CHAT_DATA_DIR; default the repo root)",
+        default=DEFAULT_DATA_DIR,
+        help="users.json, history.json, journal and tokens; the default data/ is "
+        "created from the repository's seed files",
     )
-    p.add_argument(
+    p.add_setting(
         "--fsync",
+        env="CHAT_FSYNC",
         choices=["always", "everysec"],
-        default=_env("CHAT_FSYNC", "everysec"),
-        help="journal flush policy (env CHAT_FSYNC; default everysec)",
+        default="everysec",
+        help="journal flush policy",
     )
-    p.add_argument(
+    p.add_setting(
         "--max-frame-bytes",
-        type=int,
-        default=int(_env("CHAT_MAX_FRAME_BYTES", str(DEFAULT_MAX_FRAME_BYTES))),
-        help="largest packet DATA (env CHAT_MAX_FRAME_BYTES; default 1 MiB)",
+        env="CHAT_MAX_FRAME_BYTES",
+        type=positive_int,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help="largest packet DATA in bytes",
     )
-    p.add_argument(
+    p.add_setting(
         "--max-connections",
-        type=int,
-        default=int(_env("CHAT_MAX_CONNECTIONS", str(DEFAULT_MAX_CONNECTIONS))),
-        help="connection cap; excess gets server_busy (env CHAT_MAX_CONNECTIONS)",
+        env="CHAT_MAX_CONNECTIONS",
+        type=positive_int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="connection cap; a connection over it gets server_busy",
     )
-    p.add_argument(
-        "--log-level",
-        default=_env("CHAT_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (env CHAT_LOG_LEVEL; default INFO)",
+    p.add_setting(
+        "--demo-users",
+        env="CHAT_DEMO_USERS",
+        type=boolean,
+        default=True,
+        metavar="1|0",
+        help="create Alice, Bob and Charlie in a data directory that has no users",
     )
+    add_log_level(p)
     p.add_argument(
         "--healthcheck",
         action="store_true",
@@ -367,20 +376,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         fsync=args.fsync,
         max_frame_bytes=args.max_frame_bytes,
         max_connections=args.max_connections,
-        demo_users=_env("CHAT_DEMO_USERS", "1") != "0",
+        demo_users=args.demo_users,
     )
-
-
-async def wait_for_stop_signal() -> None:
-    """Return on SIGINT or SIGTERM (the graceful-shutdown trigger of both servers)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    await stop.wait()
 
 
 async def serve(config: ServerConfig) -> None:
@@ -405,34 +402,13 @@ async def healthcheck(host: str, port: int) -> int:
     return 0 if reply.get("ok") else 1
 
 
-def run(coro: Any) -> Any:
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     if args.healthcheck:
         return run(healthcheck(args.host, args.port))
     _raise_fd_limit()
-    try:
-        run(serve(config_from_args(args)))
-    except StoreError as exc:
-        log.error("refusing to start: %s", exc)
-        return 2
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0
+    return run_main(serve(config_from_args(args)), "legacy_socket_server")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ File format (an object keyed by user name)::
 An entry written by hand as ``"Bob": "secret"`` or ``"Bob": {"password": "secret"}``
 is hashed at startup and the file rewritten atomically; plaintext never stays on disk.
 
-CLI: ``python -m legacy_socket_server.users [--data-dir DIR] add|passwd|remove|list NAME``.
+CLI: ``python -m legacy_socket_server.users [--data-dir DIR] add|passwd|remove|list NAME``
+(default ``data/``, created from the repository's seed files on first use).
 The running server notices the change (it re-reads the file when its inode, size or mtime moves).
 """
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import hashlib
 import json
@@ -26,6 +26,8 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from .datadir import prepare as prepare_data_dir
+from .settings import DEFAULT_DATA_DIR, SettingsParser, boolean
 from .storage_files import StoreError, atomic_write, load_json_file
 
 log = logging.getLogger(__name__)
@@ -182,13 +184,23 @@ def _read_password(prompt: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SettingsParser(
         prog="python -m legacy_socket_server.users", description="Manage chat users."
     )
-    parser.add_argument(
+    parser.add_setting(
         "--data-dir",
-        default=os.environ.get("CHAT_DATA_DIR", str(Path(__file__).resolve().parent.parent)),
-        help="directory holding users.json (env CHAT_DATA_DIR; default the repo root)",
+        env="CHAT_DATA_DIR",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="directory holding users.json (the default data/ is created from the seed files)",
+    )
+    parser.add_setting(
+        "--demo-users",
+        env="CHAT_DEMO_USERS",
+        type=boolean,
+        default=True,
+        metavar="1|0",
+        help="create the demo users in a data directory that has no users.json",
     )
     sub = parser.add_subparsers(dest="cmd", required=True)
     for cmd, text in [
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     try:
-        store = UserStore(Path(args.data_dir), create_demo=os.environ.get("CHAT_DEMO_USERS") != "0")
+        store = UserStore(prepare_data_dir(args.data_dir), create_demo=args.demo_users)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from pathlib import Path
 from tkinter import ttk
 from typing import Any
 
+from ..settings import setup_logging
 from . import model as m
 from .config import Config, parse_args
 from .conversation import snapshot
@@ -382,11 +383,7 @@ class ChatWindow:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("CHAT_LOG_LEVEL", "WARNING").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.log_level)
     try:
         app = ChatWindow(config)
     except tk.TclError as exc:
