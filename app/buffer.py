@@ -47,7 +47,7 @@ class Poll(NamedTuple):
     reset: bool = False
 
     def body(self) -> bytes:
-        """The JSON reply body (PROTOCOL.md ``GET /api/poll``)."""
+        """The JSON reply body of ``GET /api/poll`` (docs/protocol.md#http-api)."""
         reset = b',"reset":true' if self.reset else b""
         return b'{"cursor":%d,"events":[%s]%s}' % (self.cursor, b",".join(self.events), reset)
 

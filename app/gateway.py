@@ -1,16 +1,23 @@
 """The gateway: each browser session is one real client of the core.
 
-A forwarder, not a second server (ARCHITECTURE.md principle 3): a session owns
+A forwarder, not a second server (docs/architecture.md#web-app): a session owns
 one :class:`CoreClient` connection, logged in with the user's password once and
 re-established with the ``resume`` token (the password is never kept). HTTP
 calls map one-to-one onto core requests; every chat rule (validation, unread
-counts, presence, throttling) stays in the core.
+counts, presence, read markers, throttling) stays in the core, and every event
+a tab sees is one the core sent.
 
-Polling is the one thing answered here rather than forwarded: a background
-task per session keeps ONE core long-poll (``wait_ms=25000``) open and appends
-what it returns to the session's :class:`EventBuffer`; browser polls read that
-buffer by cursor. So a 100 ms browser poll costs no core round trip, and any
-number of tabs share a session without cutting each other's polls short.
+Polling is the one thing answered here rather than forwarded: each session's
+connection keeps ONE core long-poll (``wait_ms=25000``) open at all times
+(:meth:`CoreClient.stream_polls`), and each reply is appended to the session's
+:class:`EventBuffer` the moment it is decoded; browser polls read that buffer
+by cursor. So a 100 ms browser poll costs no core round trip, and any number
+of tabs share a session without cutting each other's polls short.
+
+Cursors: the buffer numbers events itself (see buffer.py), so a core cursor
+(the one a ``users`` reply carries) is translated into a buffer position by
+:meth:`Gateway.users`, from the order in which replies arrive on the one
+connection, never from the order in which tasks happen to run.
 
 Life of a session: ``login`` -> polled by its tabs -> ends on ``logout``, after
 ``idle_timeout`` s without a poll (``exit`` to the core: the user goes offline),
@@ -45,6 +52,9 @@ BACKOFF_MAX = 2.0
 HEALTH_TIMEOUT = 2.0
 #: Session ids carry 256 bits; the protocol asks for at least 128.
 SESSION_ID_BYTES = 32
+#: Tries at pairing a user list with a buffer position before taking the
+#: nearest one (each try that fails means a poll reply crossed the request).
+USERS_PAIRING_TRIES = 5
 
 
 class NotLoggedIn(Exception):
@@ -60,7 +70,8 @@ class BrowserSession:
         self.token = token
         self.client = client
         self.buffer = EventBuffer(keep)
-        self.core_cursor: int | None = None
+        #: Poll replies received on the current connection (see Gateway.users).
+        self.poll_replies = 0
         self.connected = True
         self.ended = False
         self.last_poll = asyncio.get_running_loop().time()
@@ -147,13 +158,18 @@ class Gateway:
             raise
         sid = secrets.token_urlsafe(SESSION_ID_BYTES)
         session = BrowserSession(sid, reply["username"], reply["token"], client, self.buffer_events)
-        session.core_cursor = reply["cursor"]
+        # The buffer starts empty at the login's core cursor: the list in the
+        # reply is exact at the buffer's head.
+        position = session.buffer.head
+        stream = self._stream(session, reply["cursor"])
         self.sessions[sid] = session
-        session.pump = asyncio.create_task(self._pump(session), name=f"pump-{reply['username']}")
+        session.pump = asyncio.create_task(
+            self._pump(session, stream), name=f"pump-{reply['username']}"
+        )
         log.info(
             "browser session of %s started (%d sessions)", session.username, len(self.sessions)
         )
-        return session, reply
+        return session, {"username": reply["username"], "users": reply["users"], "cursor": position}
 
     async def end(self, session: BrowserSession) -> None:
         """Log out of the core (``exit`` ends the token) and forget the session."""
@@ -178,20 +194,41 @@ class Gateway:
         """Forward one request; raise CoreError, CoreUnavailable or NotLoggedIn."""
         if not session.connected:
             raise CoreUnavailable("reconnecting to the core")
-        if purpose == "users":
-            # The reply is paired with the buffer head (web.py). If the pump has
-            # just been woken, let it append and re-arm its poll first, so the
-            # core answers that poll before this request and the head covers
-            # every event the list already counts.
-            await asyncio.sleep(0)
-        reply = await session.client.call(purpose, **fields)
         if purpose == "read":
-            # The core tells a user's *other* connections about a moved marker;
-            # our tabs share one connection, so hand the core's answer to them.
-            up_to = reply.get("up_to", fields.get("up_to"))
-            event = {"type": "read", "with": fields.get("with"), "up_to": up_to}
-            session.buffer.append([encode_event(event)])
-        return reply
+            # Our tabs share this connection: ask the core to tell it too, so
+            # the other tabs hear of the marker through the buffer.
+            fields["echo"] = True
+        return await session.client.call(purpose, **fields)
+
+    async def users(self, session: BrowserSession) -> dict[str, Any]:
+        """The core's user list, with ``cursor`` the buffer position it is exact at.
+
+        The list reflects every event up to the core cursor in its reply. A
+        poll is open at the core whenever this is sent (the stream re-polls as
+        soon as a reply is decoded), and the core processes one connection's
+        requests in order, so: if no poll reply arrives between sending
+        ``users`` and decoding its reply, that poll was held while the core
+        built the list, hence every message and read event the list counts was
+        already sent to us, and appended, before the list's reply: the
+        buffer's head then is the exact position. If a poll reply crossed the
+        request, the core may have built the list while events waited for the
+        next poll; ask again. (Presence changes may reach the buffer up to
+        100 ms after the list shows them; applying one again changes nothing.)
+        """
+        for _ in range(USERS_PAIRING_TRIES):
+            if not session.connected:
+                raise CoreUnavailable("reconnecting to the core")
+            before = session.poll_replies
+            reply, (head, replies) = await session.client.request_stamped(
+                "users", lambda: (session.buffer.head, session.poll_replies)
+            )
+            if not reply.get("ok"):
+                raise CoreError(reply)
+            if replies == before:
+                break
+        else:
+            log.info("user list of %s paired approximately (busy stream)", session.username)
+        return {"users": reply["users"], "cursor": head}
 
     async def poll(self, session: BrowserSession, cursor: int | None, wait_s: float) -> Poll:
         """Answer a browser poll from the buffer, waiting up to ``wait_s`` for news."""
@@ -223,24 +260,33 @@ class Gateway:
             session.touch()
 
     # -- background work ------------------------------------------------------------------
-    async def _pump(self, session: BrowserSession) -> None:
-        """Keep one core long-poll open for the session; reconnect when it drops."""
-        while not session.ended:
-            try:
-                reply = await session.client.poll(session.core_cursor, wait_ms=CORE_WAIT_MS)
-            except (CoreUnavailable, CoreError) as exc:
-                if isinstance(exc, CoreError):
-                    log.warning("core refused a poll for %s: %s", session.username, exc)
-                    await session.client.close()
-                session.connected = False
-                session.buffer.notify()
-                if not await self._reconnect(session):
-                    return
-                continue
-            session.core_cursor = reply["cursor"]
+    def _stream(self, session: BrowserSession, cursor: int) -> asyncio.Future[None]:
+        """Start the session's poll stream from core cursor ``cursor``."""
+        session.poll_replies = 0
+
+        def on_reply(reply: dict[str, Any]) -> None:
+            session.poll_replies += 1
             if reply.get("reset"):
                 session.buffer.reset()
             session.buffer.append([self._shared(e) for e in reply["events"]])
+
+        return session.client.stream_polls(cursor, CORE_WAIT_MS, on_reply)
+
+    async def _pump(self, session: BrowserSession, stream: asyncio.Future[None]) -> None:
+        """Watch the session's poll stream; reconnect and resume when it ends."""
+        while not session.ended:
+            try:
+                await stream
+            except (CoreUnavailable, CoreError) as exc:
+                if isinstance(exc, CoreError):
+                    log.warning("core refused a poll for %s: %s", session.username, exc)
+                await session.client.close()
+            session.connected = False
+            session.buffer.notify()
+            resumed = await self._reconnect(session)
+            if resumed is None:
+                return
+            stream = resumed
 
     def _shared(self, event: dict[str, Any]) -> bytes:
         """``event`` encoded; one object for equal presence events across all sessions.
@@ -256,8 +302,8 @@ class Gateway:
             encoded = self._presence_events[key] = encode_event(event)
         return encoded
 
-    async def _reconnect(self, session: BrowserSession) -> bool:
-        """Resume the session on a new connection; False when it has ended."""
+    async def _reconnect(self, session: BrowserSession) -> asyncio.Future[None] | None:
+        """Resume the session on a new connection: its poll stream, or None if it ended."""
         delay = BACKOFF_MIN
         while not session.ended:
             await asyncio.sleep(delay * (0.5 + random.random()))
@@ -280,16 +326,16 @@ class Gateway:
                 session.ended = True
                 self.sessions.pop(session.sid, None)
                 session.buffer.notify()
-                return False
+                return None
             session.client = client
             session.token = reply.get("token", session.token)
-            session.core_cursor = reply["cursor"]
-            session.connected = True
             # Events between the drop and now are unknown to us: every tab reloads.
             session.buffer.reset()
+            stream = self._stream(session, reply["cursor"])
+            session.connected = True
             log.info("browser session of %s resumed", session.username)
-            return True
-        return False
+            return stream
+        return None
 
     async def _reap_idle(self) -> None:
         """Log out sessions whose tabs stopped polling (the tab was closed)."""

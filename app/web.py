@@ -1,8 +1,8 @@
-"""HTTP: the pages, the JSON API of PROTOCOL.md section 4, and ``create_app``.
+"""HTTP: the pages, the JSON API (docs/protocol.md#http-api), and ``create_app``.
 
 Every route is registered in :func:`_routes`. Views parse HTTP (cookie, query,
 JSON body), hand the request to the :class:`Gateway` and turn its answer or its
-error code into a response; the codes and their statuses are PROTOCOL.md's.
+error code into a response; the codes and their statuses are the contract's.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def own_origin(request: web.Request) -> str:
 
 
 def csrf_refusal(request: web.Request) -> str | None:
-    """Why a POST is refused as cross-site, or None (PROTOCOL.md section 4)."""
+    """Why a POST is refused as cross-site, or None (docs/protocol.md#http-api)."""
     # A cross-site form can only send form or text content types; JSON needs CORS.
     if request.content_type != "application/json":
         return "a POST must send Content-Type: application/json"
@@ -224,15 +224,13 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/")
 
 
-# -- the API (PROTOCOL.md section 4) -------------------------------------------------------------
+# -- the API (docs/protocol.md#http-api) ---------------------------------------------------
 async def api_login(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     gateway = request.app[GATEWAY_KEY]
     # The core judges (and throttles) the credentials; they are not kept here.
     session, reply = await gateway.login(body.get("username"), body.get("password"))
-    resp = api_json(
-        {"username": reply["username"], "users": reply["users"], "cursor": session.buffer.head}
-    )
+    resp = api_json(reply)
     resp.set_cookie(
         COOKIE,
         session.sid,
@@ -255,10 +253,9 @@ async def api_logout(request: web.Request) -> web.StreamResponse:
 
 async def api_users(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
-    reply = await request.app[GATEWAY_KEY].call(session, "users")
-    # The buffer position right after the list: a tab that (re)loads polls from
-    # here and is not told again about what the list already counts.
-    return api_json({"users": reply["users"], "cursor": session.buffer.head})
+    # ``cursor`` is the poll position the list is exact at: a tab that
+    # (re)loads counts what arrives after it on top of the list's counts.
+    return api_json(await request.app[GATEWAY_KEY].users(session))
 
 
 async def api_poll(request: web.Request) -> web.StreamResponse:

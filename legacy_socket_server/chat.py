@@ -44,7 +44,7 @@ from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
 from .tokens import TokenStore
 from .users import UserStore
-from .validation import BadRequest, get_int, get_str
+from .validation import BadRequest, get_bool, get_int, get_str
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +392,10 @@ class ChatService(PasswordLogin):
         user: str = session.username  # type: ignore[assignment]
         peer = self._peer(session, req, "with")
         up_to = get_int(req, "up_to", lo=0)
+        # ``echo``: this connection hears of the moved marker too. The gateway
+        # asks for it: its browser tabs share one connection and each must learn
+        # of a marker another tab set (docs/protocol.md#our-choices).
+        echo = get_bool(req, "echo", required=False)
         conv = self._convs.get(pair_key(user, peer))
         newest = conv.ids[-1] if conv else 0
         peers = self._markers.setdefault(user, {})
@@ -407,7 +411,8 @@ class ChatService(PasswordLogin):
                 raise ChatError("storage_unavailable", "the server cannot save read markers now")
             peers[peer] = new
             self._maybe_compact()
-            self._emit(user, {"type": "read", "with": peer, "up_to": new}, skip=session.id)
+            event = {"type": "read", "with": peer, "up_to": new}
+            self._emit(user, event, skip=0 if echo else session.id)
             return self._after_commit(commit, base, {"up_to": new})
         return {"up_to": new}
 

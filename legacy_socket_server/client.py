@@ -3,6 +3,14 @@
 Used by the web gateway, the benchmarks and the tests. Each request gets an
 ``id`` and its reply is matched by that id, so a held ``poll`` (answered out
 of order) never confuses the other replies.
+
+Replies are handled in the order they arrive, which is the order the core
+sent them. Two things build on that, for the gateway: a *poll stream*
+(:meth:`CoreClient.stream_polls`) hands each poll reply to a callback the
+moment it is decoded and sends the next poll at once, so a poll is always
+open at the core; and :meth:`CoreClient.request_stamped` records what a
+callback says at the moment a reply is decoded (e.g. how many poll replies
+came before it), which is how the gateway pairs a user list with its buffer.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
@@ -48,6 +57,9 @@ class CoreClient(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         #: Unsolicited packets (e.g. ``server_busy`` on connect) land here.
         self.unsolicited: list[dict[str, Any]] = []
+        self._stamps: dict[int, Callable[[], Any]] = {}
+        self._stamped: dict[int, Any] = {}
+        self._stream: _PollStream | None = None
 
     @classmethod
     async def connect(
@@ -78,7 +90,14 @@ class CoreClient(asyncio.Protocol):
                 if item.fatal and self._transport is not None:
                     self._transport.close()
                 continue
-            fut = self._waiting.pop(item.get("id"), None)  # type: ignore[arg-type]
+            rid = item.get("id")
+            if self._stream is not None and rid == self._stream.rid:
+                self._stream.answered(item)
+                continue
+            stamp = self._stamps.pop(rid, None)  # type: ignore[arg-type]
+            if stamp is not None:
+                self._stamped[rid] = stamp()  # type: ignore[index]
+            fut = self._waiting.pop(rid, None)  # type: ignore[arg-type]
             if fut is None:
                 self.unsolicited.append(item)
                 if item.get("error") == "server_busy" and self._transport is not None:
@@ -93,6 +112,8 @@ class CoreClient(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(err)
         self._waiting.clear()
+        if self._stream is not None:
+            self._stream.stop(err)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -107,16 +128,56 @@ class CoreClient(asyncio.Protocol):
         """Send one request and wait for its reply (whatever its ``ok``)."""
         if not self.is_open:
             raise CoreUnavailable("not connected to the core")
-        rid = next(self._ids)
+        return await self._send_and_wait(next(self._ids), purpose, timeout, fields)
+
+    async def _send_and_wait(
+        self, rid: int, purpose: str, timeout: float | None, fields: dict[str, Any]
+    ) -> dict[str, Any]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
-        self._transport.write(encode({"purpose": purpose, "id": rid, **fields}))  # type: ignore[union-attr]
+        self._write({"purpose": purpose, "id": rid, **fields})
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise CoreUnavailable(f"no reply to {purpose!r} within {timeout} s") from None
         finally:
             self._waiting.pop(rid, None)
+
+    async def request_stamped(
+        self, purpose: str, stamp: Callable[[], Any], **fields: Any
+    ) -> tuple[dict[str, Any], Any]:
+        """Like :meth:`request`, with ``stamp()`` as called when the reply was decoded."""
+        if not self.is_open:
+            raise CoreUnavailable("not connected to the core")
+        rid = next(self._ids)
+        self._stamps[rid] = stamp
+        try:
+            return await self._send_and_wait(rid, purpose, 35.0, fields), self._stamped.pop(rid)
+        finally:
+            self._stamps.pop(rid, None)
+            self._stamped.pop(rid, None)
+
+    def stream_polls(
+        self, cursor: int, wait_ms: int, on_reply: Callable[[dict[str, Any]], None]
+    ) -> asyncio.Future[None]:
+        """Keep one held ``poll`` open until the connection ends.
+
+        ``on_reply(reply)`` runs as soon as each poll reply is decoded, before
+        any later reply is looked at, and the next poll (from the reply's
+        cursor) is written before anything else can be. The returned future
+        fails with :class:`CoreUnavailable` when the connection is lost (or a
+        reply is overdue) and with :class:`CoreError` when the core refuses a poll.
+        """
+        if not self.is_open:
+            raise CoreUnavailable("not connected to the core")
+        if self._stream is not None:
+            raise RuntimeError("this connection already streams polls")
+        self._stream = _PollStream(self, wait_ms, on_reply)
+        self._stream.send(cursor)
+        return self._stream.done
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._transport.write(encode(obj))  # type: ignore[union-attr]
 
     async def call(self, purpose: str, **fields: Any) -> dict[str, Any]:
         """Like :meth:`request` but raise :class:`CoreError` unless ``ok``."""
@@ -159,3 +220,59 @@ class CoreClient(asyncio.Protocol):
             except CoreUnavailable:
                 pass
         await self.close()
+
+
+class _PollStream:
+    """The state of :meth:`CoreClient.stream_polls`: the open poll's id and its deadline."""
+
+    #: A held poll is answered by ``wait_ms``; past that plus this, the
+    #: connection is dead even without a FIN.
+    GRACE = 10.0
+
+    def __init__(
+        self, client: CoreClient, wait_ms: int, on_reply: Callable[[dict[str, Any]], None]
+    ) -> None:
+        self.client = client
+        self.wait_ms = wait_ms
+        self.on_reply = on_reply
+        self.rid = -1
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def send(self, cursor: int) -> None:
+        self.rid = next(self.client._ids)
+        self.client._write(
+            {"purpose": "poll", "id": self.rid, "cursor": cursor, "wait_ms": self.wait_ms}
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(
+            self.wait_ms / 1000 + self.GRACE, self._overdue
+        )
+
+    def answered(self, reply: dict[str, Any]) -> None:
+        if self.done.done():
+            return
+        if not reply.get("ok"):
+            self.stop(CoreError(reply))
+            return
+        try:
+            self.on_reply(reply)
+        except Exception as exc:  # a bug in the callback must not pass silently
+            log.exception("poll stream callback failed")
+            self.stop(exc)
+            return
+        if self.client.is_open:
+            self.send(reply["cursor"])
+
+    def _overdue(self) -> None:
+        self.stop(CoreUnavailable(f"no poll reply within {self.wait_ms / 1000 + self.GRACE} s"))
+        if self.client._transport is not None:
+            self.client._transport.abort()
+
+    def stop(self, exc: BaseException) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.done.done():
+            self.done.set_exception(exc)

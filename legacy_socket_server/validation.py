@@ -44,3 +44,14 @@ def get_int(
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise BadRequest(f"field {name!r} must be between {lo} and {hi}")
     return value
+
+
+def get_bool(req: dict[str, Any], name: str, *, required: bool = True) -> Any:
+    value = req.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"missing field {name!r}")
+        return None
+    if not isinstance(value, bool):
+        raise BadRequest(f"field {name!r} must be true or false")
+    return value
