@@ -67,7 +67,7 @@ from legacy_socket_server.users import UserStore  # noqa: E402
 
 DEMO = {"Alice": "123", "Bob": "456", "Charlie": "789"}
 PURPOSES = sorted(ChatService._handlers)
-#: Every error code PROTOCOL.md section 2 allows in a reply of ChatService.handle.
+#: Every error code docs/protocol.md#requests-and-replies allows in a ChatService.handle reply.
 ERROR_CODES = frozenset(
     {
         "bad_request",

@@ -1,4 +1,4 @@
-"""Per-user event logs and cursors (PROTOCOL.md section 3).
+"""Per-user event logs and cursors (docs/protocol.md#events-and-cursors).
 
 A cursor is ``boot << 32 | seq``: ``seq`` is a counter shared by every event
 of this server run and ``boot`` is the run's number (kept in the journal), so

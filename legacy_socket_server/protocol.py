@@ -3,7 +3,7 @@
 Sans-IO, like h11 and wsproto: bytes go in through :meth:`FrameDecoder.feed`,
 objects come out; :func:`encode` turns an object into bytes to send. Nothing
 here touches a socket, so the server, the gateway, the desktop client and the
-tests all share this one implementation (PROTOCOL.md section 1).
+tests all share this one implementation (docs/protocol.md#framing).
 
 Cost model: the decoder keeps one ``bytearray`` and a read offset. Consuming a
 packet only moves the offset; the consumed prefix is dropped once per
@@ -18,7 +18,7 @@ from typing import Any
 
 from .contract import is_text
 
-#: Largest DATA accepted or sent by default (PROTOCOL.md section 1): big
+#: Largest DATA accepted or sent by default (docs/protocol.md#framing): big
 #: enough for a 10,000-character message in any script, a history page or a
 #: poll batch, small enough that one peer cannot make us buffer much.
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024

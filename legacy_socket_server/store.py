@@ -1,6 +1,6 @@
 """Durable chat history: ``history.json`` snapshot + append-only journal.
 
-The shape of Redis' append-only file (ARCHITECTURE.md principle 4):
+The shape of Redis' append-only file (docs/architecture.md#storage):
 
 * Every acknowledged change (a message, a read marker) is one JSON line
   appended to ``history.journal`` *before* the reply is sent, so it survives

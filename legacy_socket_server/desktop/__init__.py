@@ -2,5 +2,5 @@
 
 ``model`` (ChatClient: socket, codec, state; no Tk) is driven by ``tick()``
 from the Tk view in ``window`` every 100 ms; ``widgets`` holds the custom
-Tk widgets the view draws with. No threads anywhere (ARCHITECTURE.md 5).
+Tk widgets the view draws with. No threads anywhere (docs/architecture.md#desktop-client).
 """

@@ -1,7 +1,7 @@
 """The desktop client's model: connection, login, users, the open conversation.
 
 ``ChatClient`` owns a non-blocking :class:`~.transport.Connection` and all the
-state the window shows; it never imports Tk (ARCHITECTURE.md principle 5). The
+state the window shows; it never imports Tk (docs/architecture.md#desktop-client). The
 window calls :meth:`ChatClient.tick` every 100 ms; each tick moves bytes,
 applies replies and events, and returns the names of what changed so the view
 redraws only that. Nothing blocks and nothing runs on a thread.
