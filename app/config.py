@@ -15,6 +15,7 @@ from legacy_socket_server.settings import (
     DEFAULT_DATA_DIR,
     SettingsParser,
     add_log_level,
+    add_storage,
     host_port,
     port,
     positive_float,
@@ -71,26 +72,13 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         metavar="HOST:PORT",
         help="use a running core instead of the embedded one",
     )
-    p.add_setting(
-        "--data-dir",
-        env="CHAT_DATA_DIR",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="embedded core: data directory (the default data/ is created from the seed files)",
-    )
+    add_storage(p, note="embedded core: ")
     p.add_setting(
         "--core-port",
         env="CHAT_PORT",
         type=port,
         default=5050,
         help="embedded core: TCP port for desktop clients",
-    )
-    p.add_setting(
-        "--fsync",
-        env="CHAT_FSYNC",
-        choices=["always", "everysec"],
-        default="everysec",
-        help="embedded core: journal flush policy",
     )
     p.add_setting(
         "--secure-cookies",

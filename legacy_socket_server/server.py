@@ -26,6 +26,7 @@ from .settings import (
     DEFAULT_DATA_DIR,
     SettingsParser,
     add_log_level,
+    add_storage,
     boolean,
     port,
     positive_int,
@@ -322,21 +323,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
     p.add_setting(
         "--port", env="CHAT_PORT", type=port, default=5050, help="TCP port, 0 for any free one"
     )
-    p.add_setting(
-        "--data-dir",
-        env="CHAT_DATA_DIR",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="users.json, history.json, journal and tokens; the default data/ is "
-        "created from the repository's seed files",
-    )
-    p.add_setting(
-        "--fsync",
-        env="CHAT_FSYNC",
-        choices=["always", "everysec"],
-        default="everysec",
-        help="journal flush policy",
-    )
+    add_storage(p)
     p.add_setting(
         "--max-frame-bytes",
         env="CHAT_MAX_FRAME_BYTES",

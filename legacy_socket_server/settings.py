@@ -158,6 +158,25 @@ class SettingsParser(argparse.ArgumentParser):
         return super().parse_args(args, namespace)
 
 
+def add_storage(parser: SettingsParser, note: str = "") -> None:
+    """``--data-dir`` and ``--fsync``: the core's, also the web app's embedded core's."""
+    parser.add_setting(
+        "--data-dir",
+        env="CHAT_DATA_DIR",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help=f"{note}users.json, history.json, journal and tokens; the default data/ "
+        "is created from the repository's seed files",
+    )
+    parser.add_setting(
+        "--fsync",
+        env="CHAT_FSYNC",
+        choices=["always", "everysec"],
+        default="everysec",
+        help=f"{note}journal flush policy",
+    )
+
+
 def add_log_level(parser: SettingsParser, default: str = "INFO") -> None:
     parser.add_setting(
         "--log-level",
