@@ -19,6 +19,14 @@ from legacy_socket_server.settings import (
     host_port,
     port,
     positive_float,
+    positive_int,
+)
+
+from .limits import (
+    FAILED_LOGIN_BURST,
+    MAX_SESSIONS,
+    MAX_SESSIONS_PER_ADDRESS,
+    MAX_SESSIONS_PER_USER,
 )
 
 #: A browser session that has not polled for this long is logged out of the
@@ -48,6 +56,10 @@ class WebConfig:
     max_body_bytes: int = MAX_BODY_BYTES
     #: Fsync policy of the embedded core (ignored with ``core``).
     fsync: str = "everysec"
+    max_sessions_per_user: int = MAX_SESSIONS_PER_USER
+    max_sessions_per_ip: int = MAX_SESSIONS_PER_ADDRESS
+    max_sessions: int = MAX_SESSIONS
+    failed_logins_per_minute: int = FAILED_LOGIN_BURST
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
@@ -114,6 +126,36 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         default=IDLE_TIMEOUT,
         help="seconds without a poll before a browser session is logged out",
     )
+    p.add_setting(
+        "--failed-logins-per-minute",
+        env="CHAT_WEB_FAILED_LOGINS_PER_MINUTE",
+        type=positive_int,
+        default=FAILED_LOGIN_BURST,
+        help="failed logins one client address may make a minute; then 429 rate_limited "
+        "without asking the core",
+    )
+    p.add_setting(
+        "--max-sessions-per-user",
+        env="CHAT_WEB_MAX_SESSIONS_PER_USER",
+        type=positive_int,
+        default=MAX_SESSIONS_PER_USER,
+        help="browser sessions one user may have; one more gets 429 too_many_sessions",
+    )
+    p.add_setting(
+        "--max-sessions-per-ip",
+        env="CHAT_WEB_MAX_SESSIONS_PER_IP",
+        type=positive_int,
+        default=MAX_SESSIONS_PER_ADDRESS,
+        help="browser sessions one client address may have; one more gets 429",
+    )
+    p.add_setting(
+        "--max-sessions",
+        env="CHAT_WEB_MAX_SESSIONS",
+        type=positive_int,
+        default=MAX_SESSIONS,
+        help="browser sessions in all (each is a core connection: keep it under the core's "
+        "--max-connections); one more gets 503 server_busy",
+    )
     add_log_level(p)
     return p
 
@@ -132,4 +174,8 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
         allowed_origins=origins,
         longpoll=args.longpoll,
         idle_timeout=args.idle_timeout,
+        max_sessions_per_user=args.max_sessions_per_user,
+        max_sessions_per_ip=args.max_sessions_per_ip,
+        max_sessions=args.max_sessions,
+        failed_logins_per_minute=args.failed_logins_per_minute,
     )

@@ -38,6 +38,7 @@ from typing import Any
 from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
 
 from .buffer import EventBuffer, Poll, encode_event
+from .limits import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER, FailedLogins
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,25 @@ class NotLoggedIn(Exception):
     """No session, an ended session, or a token the core refused."""
 
 
+class Refused(Exception):
+    """A limit of the web app's own refused the request (``code`` as in the contract)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class BrowserSession:
     """One browser session (any number of tabs): a core connection and its buffer."""
 
-    def __init__(self, sid: str, username: str, token: str, client: CoreClient, keep: int) -> None:
+    def __init__(
+        self, sid: str, username: str, token: str, client: CoreClient, keep: int, address: str
+    ) -> None:
         self.sid = sid
         self.username = username
+        #: The browser's address (the key of the per-address caps).
+        self.address = address
         self.token = token
         self.client = client
         self.buffer = EventBuffer(keep)
@@ -91,11 +105,23 @@ class Gateway:
         *,
         idle_timeout: float = 30.0,
         buffer_events: int = 1000,
+        max_sessions_per_user: int = MAX_SESSIONS_PER_USER,
+        max_sessions_per_address: int = MAX_SESSIONS_PER_ADDRESS,
+        max_sessions: int = MAX_SESSIONS,
+        failed_logins: FailedLogins | None = None,
     ) -> None:
         #: ``(host, port)`` of the core; set later for an embedded core.
         self.core = core
         self.idle_timeout = idle_timeout
         self.buffer_events = buffer_events
+        self.max_sessions_per_user = max_sessions_per_user
+        self.max_sessions_per_address = max_sessions_per_address
+        self.max_sessions = max_sessions
+        self.failed_logins = failed_logins if failed_logins is not None else FailedLogins()
+        #: Sessions (and logins in flight) per browser address, sessions per user.
+        self._by_address: dict[str, int] = {}
+        self._by_user: dict[str, int] = {}
+        self._logging_in = 0
         self.sessions: dict[str, BrowserSession] = {}
         self._probe: CoreClient | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -148,16 +174,76 @@ class Gateway:
             raise NotLoggedIn
         return session
 
-    async def login(self, username: Any, password: Any) -> tuple[BrowserSession, dict[str, Any]]:
-        """Log in on a new core connection; the core judges the credentials."""
+    async def login(
+        self, username: Any, password: Any, address: str = ""
+    ) -> tuple[BrowserSession, dict[str, Any]]:
+        """Log in on a new core connection; the core judges the credentials.
+
+        The web app's own limits come first, without asking the core: failed
+        logins per address, sessions per address and in all; sessions per user
+        once the core has said who it is. Raise :class:`Refused` for those.
+        """
+        wait = self.failed_logins.retry_after(address)
+        if wait:
+            raise Refused(
+                "rate_limited",
+                f"too many failed logins from your address; try again in {int(wait) + 1} s",
+            )
+        if len(self.sessions) + self._logging_in >= self.max_sessions:
+            raise Refused("server_busy", "the chat has all the browser sessions it can take now")
+        held = self._by_address.get(address, 0)
+        if held >= self.max_sessions_per_address:
+            raise Refused(
+                "too_many_sessions",
+                f"your address already has {held} browser sessions, the most allowed; "
+                "log out of one and try again",
+            )
+        self._count(self._by_address, address, 1)
+        self._logging_in += 1
+        try:
+            session, reply = await self._login(username, password, address)
+        except BaseException:
+            self._count(self._by_address, address, -1)
+            raise
+        finally:
+            self._logging_in -= 1
+        return session, reply
+
+    @staticmethod
+    def _count(table: dict[str, int], key: str, delta: int) -> None:
+        value = table.get(key, 0) + delta
+        if value > 0:
+            table[key] = value
+        else:
+            table.pop(key, None)
+
+    async def _login(
+        self, username: Any, password: Any, address: str
+    ) -> tuple[BrowserSession, dict[str, Any]]:
         client = await self._connect()
         try:
-            reply = await client.call("login", username=username, password=password)
+            # ``client``: the core's hash gate is fair per browser address.
+            reply = await client.call("login", username=username, password=password, client=address)
+        except CoreError as exc:
+            await client.close()
+            if exc.code == "invalid_credentials":
+                self.failed_logins.failed(address)
+            raise
         except BaseException:
             await client.close()
             raise
+        name = reply["username"]
+        open_now = self._by_user.get(name, 0)
+        if open_now >= self.max_sessions_per_user:
+            await client.exit()
+            raise Refused(
+                "too_many_sessions",
+                f"{name} already has {open_now} browser sessions, the most allowed; "
+                "log out of one (or close a tab) and try again",
+            )
+        self._count(self._by_user, name, 1)
         sid = secrets.token_urlsafe(SESSION_ID_BYTES)
-        session = BrowserSession(sid, reply["username"], reply["token"], client, self.buffer_events)
+        session = BrowserSession(sid, name, reply["token"], client, self.buffer_events, address)
         # The buffer starts empty at the login's core cursor: the list in the
         # reply is exact at the buffer's head.
         position = session.buffer.head
@@ -175,8 +261,7 @@ class Gateway:
         """Log out of the core (``exit`` ends the token) and forget the session."""
         if session.ended:
             return
-        session.ended = True
-        self.sessions.pop(session.sid, None)
+        self._forget(session)
         session.buffer.notify()  # held polls answer now (401)
         if session.pump is not None:
             session.pump.cancel()
@@ -188,6 +273,12 @@ class Gateway:
             # The token outlives us only until the core's 7-day expiry.
             log.info("could not send exit for %s: core unreachable", session.username)
         log.info("browser session of %s ended (%d sessions)", session.username, len(self.sessions))
+
+    def _forget(self, session: BrowserSession) -> None:
+        session.ended = True
+        if self.sessions.pop(session.sid, None) is not None:
+            self._count(self._by_user, session.username, -1)
+            self._count(self._by_address, session.address, -1)
 
     # -- forwarding ------------------------------------------------------------------------
     async def call(self, session: BrowserSession, purpose: str, **fields: Any) -> dict[str, Any]:
@@ -323,8 +414,7 @@ class Gateway:
             except CoreError as exc:
                 await client.close()
                 log.info("core refused the token of %s (%s): session ends", session.username, exc)
-                session.ended = True
-                self.sessions.pop(session.sid, None)
+                self._forget(session)
                 session.buffer.notify()
                 return None
             session.client = client

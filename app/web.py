@@ -17,13 +17,15 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from legacy_socket_server.addresses import normalize
 from legacy_socket_server.client import CoreError, CoreUnavailable
 from legacy_socket_server.contract import MAX_WAIT_MS
 from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
 
 from .config import WebConfig
-from .gateway import BrowserSession, Gateway, NotLoggedIn
+from .gateway import BrowserSession, Gateway, NotLoggedIn, Refused
+from .limits import FailedLogins
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ STATUS = {
     "text_too_long": 413,
     "too_large": 413,
     "rate_limited": 429,
+    "too_many_sessions": 429,
+    "server_busy": 503,
     "core_unavailable": 503,
     "storage_unavailable": 503,
 }
@@ -92,6 +96,19 @@ def is_https(request: web.Request) -> bool:
         proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
         return proto.lower() == "https"
     return False
+
+
+def client_address(request: web.Request) -> str:
+    """The browser's address: the peer's, or the proxy's ``X-Forwarded-For`` with --trust-proxy.
+
+    Our proxy appends the address it saw to the header, so the last entry is
+    the one to believe; entries before it are whatever the client claimed.
+    """
+    if request.app[CONFIG_KEY].trust_proxy:
+        forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+        if forwarded:
+            return normalize(forwarded)
+    return normalize(request.remote or "")
 
 
 def own_origin(request: web.Request) -> str:
@@ -200,7 +217,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response("not_logged_in", "log in first")
     except CoreUnavailable:
         response = error_response("core_unavailable", "the chat server is unreachable; retrying")
-    except CoreError as exc:
+    except (CoreError, Refused) as exc:
         response = error_response(exc.code, exc.message)
     response.headers.update(SECURITY_HEADERS)
     return response
@@ -229,7 +246,9 @@ async def api_login(request: web.Request) -> web.StreamResponse:
     body = await json_body(request)
     gateway = request.app[GATEWAY_KEY]
     # The core judges (and throttles) the credentials; they are not kept here.
-    session, reply = await gateway.login(body.get("username"), body.get("password"))
+    session, reply = await gateway.login(
+        body.get("username"), body.get("password"), client_address(request)
+    )
     resp = api_json(reply)
     resp.set_cookie(
         COOKIE,
@@ -356,7 +375,15 @@ def create_app(config: WebConfig | None = None) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=config.max_body_bytes)
     app[CONFIG_KEY] = config
     app[GATEWAY_KEY] = Gateway(
-        config.core, idle_timeout=config.idle_timeout, buffer_events=config.buffer_events
+        config.core,
+        idle_timeout=config.idle_timeout,
+        buffer_events=config.buffer_events,
+        max_sessions_per_user=config.max_sessions_per_user,
+        max_sessions_per_address=config.max_sessions_per_ip,
+        max_sessions=config.max_sessions,
+        failed_logins=FailedLogins(
+            burst=config.failed_logins_per_minute, refill=60 / config.failed_logins_per_minute
+        ),
     )
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
     app.cleanup_ctx.append(_lifecycle)

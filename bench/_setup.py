@@ -138,6 +138,12 @@ def start_web(core_port: int, *extra: str):
         f"127.0.0.1:{core_port}",
         "--log-level",
         "WARNING",
+        # Every simulated browser comes from 127.0.0.1: the per-address and total
+        # session caps are for real deployments, not for the load generator.
+        "--max-sessions-per-ip",
+        "1000000",
+        "--max-sessions",
+        "1000000",
         *extra,
     ]
     return start_process(args, pattern=r"Chat is running: http://[^/\s]*:(\d+)/")

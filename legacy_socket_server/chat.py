@@ -58,6 +58,11 @@ PRESENCE_KEEP = 20_000
 #: so a wave of logins wakes each of them once per window, not once per login.
 PRESENCE_WAKE_DELAY = 0.1
 
+#: Sessions one user may have logged in at once: far above what a person
+#: uses (desktop + a few browsers and tabs' sessions), far below what would let
+#: one account use up the server's connections.
+MAX_SESSIONS_PER_USER = 32
+
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
 
@@ -72,6 +77,7 @@ class ChatService(PasswordLogin):
         send_burst: float = SEND_BURST,
         send_rate: float = SEND_RATE,
         hash_gate: HashGate | None = None,
+        max_sessions_per_user: int = MAX_SESSIONS_PER_USER,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         loop: asyncio.AbstractEventLoop | None = None,
@@ -85,6 +91,7 @@ class ChatService(PasswordLogin):
         self.history = history
         self.tokens = tokens
         self.max_frame_bytes = max_frame_bytes
+        self.max_sessions_per_user = max_sessions_per_user
         self.sends = SendBuckets(send_burst, send_rate)
         state = history.load()
         self.boot = state.boot
@@ -215,7 +222,18 @@ class ChatService(PasswordLogin):
         name = self.tokens.check(token, self.users.fingerprint)
         if name is None or not self.users.exists(name):
             raise ChatError("invalid_token", "this session has ended; log in again")
+        self._check_sessions(name)
         return self._start_session(session, name, token)
+
+    def _check_sessions(self, name: str) -> None:
+        """Refuse a session past the per-user cap (docs/protocol.md#limits-per-client)."""
+        open_now = len(self._online.get(name, ()))
+        if open_now >= self.max_sessions_per_user:
+            raise ChatError(
+                "too_many_sessions",
+                f"{name} already has {open_now} sessions open, the most allowed; "
+                "log out of one (or close a browser tab) and try again",
+            )
 
     def _start_session(self, session: Session, name: str, token: str) -> dict[str, Any]:
         session.username = name

@@ -37,6 +37,11 @@ SEND_RATE = 50.0
 HASH_DUTY = 0.5
 HASH_BURST_S = 0.05
 HASH_MAX_WAITING = 128
+#: One client address may hold at most half the waiting room, and waiting
+#: checks are taken round-robin across addresses: a storm from one address
+#: neither fills the room nor delays another address's login by more than a
+#: tick (docs/protocol.md#limits-per-client).
+HASH_MAX_WAITING_PER_CLIENT = 64
 
 
 class LoginThrottle:
@@ -89,17 +94,20 @@ class SendBuckets:
 
 
 class HashGate:
-    """Spaces password checks so they never freeze the loop for long.
+    """Spaces password checks so they never freeze the loop for long, fairly per client.
 
     argon2 is slow on purpose and, with no threads in the core, runs on the
     event loop: 100 logins arriving together would otherwise run back to back
     in one loop turn (~3.5 s in which nobody else is answered). A check runs at
     once while ``burst`` seconds of hashing credit last; credit comes back at
-    ``duty`` seconds per second, and checks past it wait in a queue that runs
-    one per timer tick, so other connections are served between any two. When
-    ``max_waiting`` already wait, :meth:`run` refuses (returns ``None``) and the
-    caller answers ``rate_limited``. Failures per name are limited separately
-    by :class:`LoginThrottle`; this bounds the CPU of a storm across many names.
+    ``duty`` seconds per second, and checks past it wait, one queue per client
+    address, and run one per timer tick, taken round-robin across addresses,
+    so other connections are served between any two and one address's storm
+    does not hold up another's login. When ``max_waiting`` already wait, or
+    ``max_per_client`` of that address, :meth:`run` refuses (returns ``None``)
+    and the caller answers ``rate_limited``. Failures per name are limited
+    separately by :class:`LoginThrottle`; this bounds the CPU of a storm
+    across many names.
     """
 
     def __init__(
@@ -107,30 +115,42 @@ class HashGate:
         burst: float = HASH_BURST_S,
         duty: float = HASH_DUTY,
         max_waiting: int = HASH_MAX_WAITING,
+        max_per_client: int = HASH_MAX_WAITING_PER_CLIENT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.clock = clock
         self.burst = burst
         self.duty = duty
         self.max_waiting = max_waiting
+        self.max_per_client = max_per_client
         self._credit = burst
         self._stamp = clock()
-        self._queue: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()
+        #: Waiting checks per client, and the clients in round-robin order.
+        self._queues: dict[object, deque[tuple[Callable[[], Any], asyncio.Future[Any]]]] = {}
+        self._turns: deque[object] = deque()
+        self._waiting = 0
         self._timer: asyncio.TimerHandle | None = None
 
     @property
     def waiting(self) -> int:
-        return len(self._queue)
+        return self._waiting
 
-    def run(self, job: Callable[[], Any]) -> Any:
+    def run(self, job: Callable[[], Any], client: object = None) -> Any:
         """``job()`` now, or a future of it later, or ``None`` when too many wait."""
         self._refill()
-        if not self._queue and self._credit > 0:
+        if not self._waiting and self._credit > 0:
             return self._timed(job)
-        if len(self._queue) >= self.max_waiting:
+        if self._waiting >= self.max_waiting:
+            return None
+        queue = self._queues.get(client)
+        if queue is None:
+            queue = self._queues[client] = deque()
+            self._turns.append(client)
+        elif len(queue) >= self.max_per_client:
             return None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((job, fut))
+        queue.append((job, fut))
+        self._waiting += 1
         self._schedule()
         return fut
 
@@ -147,31 +167,48 @@ class HashGate:
             self._credit -= time.perf_counter() - t0
 
     def _schedule(self) -> None:
-        if self._timer is not None or not self._queue:
+        if self._timer is not None or not self._waiting:
             return
         delay = max(0.0, -self._credit / self.duty) + 0.001
         self._timer = asyncio.get_running_loop().call_later(delay, self._tick)
 
+    def _next(self) -> tuple[Callable[[], Any], asyncio.Future[Any]] | None:
+        """The next waiting check, taking clients in turn; None when none waits."""
+        while self._turns:
+            client = self._turns.popleft()
+            queue = self._queues[client]
+            job, fut = queue.popleft()
+            self._waiting -= 1
+            if queue:
+                self._turns.append(client)
+            else:
+                del self._queues[client]
+            if not fut.cancelled():  # else its connection went away: no hashing for nobody
+                return job, fut
+        return None
+
     def _tick(self) -> None:
         self._timer = None
         self._refill()
-        while self._queue and self._credit >= 0:
-            job, fut = self._queue.popleft()
-            if fut.cancelled():  # its connection went away: no hashing for nobody
-                continue
-            try:
-                result = self._timed(job)
-            except Exception as exc:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-            break  # one per tick: the loop serves everyone else in between
+        if self._credit >= 0:
+            item = self._next()
+            if item is not None:
+                job, fut = item
+                try:
+                    result = self._timed(job)
+                except Exception as exc:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
         self._schedule()
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for _, fut in self._queue:
-            fut.cancel()
-        self._queue.clear()
+        for queue in self._queues.values():
+            for _, fut in queue:
+                fut.cancel()
+        self._queues.clear()
+        self._turns.clear()
+        self._waiting = 0

@@ -32,16 +32,23 @@ class PasswordLogin:
     clock: Callable[[], float]
     loop: Callable[[], asyncio.AbstractEventLoop]
     _start_session: Callable[[Session, str, str], dict[str, Any]]
+    _check_sessions: Callable[[str], None]
 
     def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         if session.username is not None:
             raise BadRequest("already logged in; log in again on a new connection")
         name = get_str(req, "username", max_len=64)
         password = get_str(req, "password", max_len=1024)
+        client = get_str(req, "client", max_len=64, required=False)
         self._check_lock(name)
         # Only the argon2 check goes through the gate: it is what a storm of
-        # logins under many names would pile onto the loop.
-        verdict = self.hash_gate.run(lambda: self._password_ok(session, name, password))
+        # logins under many names would pile onto the loop. The gate is fair
+        # per client address; a trusted gateway names the browser's, and a
+        # trusted connection that names none is not capped per address.
+        key: object = session.client
+        if session.trusted:
+            key = client if client else session.id
+        verdict = self.hash_gate.run(lambda: self._password_ok(session, name, password), key)
         if verdict is None:
             raise ChatError("rate_limited", "the server is busy with logins; try again in a moment")
         if not isinstance(verdict, asyncio.Future):
@@ -98,5 +105,6 @@ class PasswordLogin:
             self.throttle.failed(name, self.clock())
             raise ChatError("invalid_credentials", "wrong user name or password")
         self.throttle.succeeded(name)
+        self._check_sessions(name)
         token = self.tokens.issue(name, self.users.fingerprint(name) or "")
         return self._start_session(session, name, token)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chat import ChatService, Session
+from .addresses import IPNetwork, client_address, is_trusted, parse_networks
+from .chat import MAX_SESSIONS_PER_USER, ChatService, Session
 from .datadir import prepare as prepare_data_dir
 from .limits import SEND_BURST, SEND_RATE
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
@@ -29,6 +30,7 @@ from .settings import (
     add_storage,
     boolean,
     port,
+    positive_float,
     positive_int,
     run,
     run_main,
@@ -49,6 +51,15 @@ MAX_OUTPUT_BUFFER = 8 * 1024 * 1024
 #: Enough for thousands of desktop clients and browser sessions, and far
 #: below what the file-descriptor limit is raised to.
 DEFAULT_MAX_CONNECTIONS = 10_000
+#: A connection that has not logged in (or resumed) by then is closed with
+#: ``login_timeout``: a person types a password in far less, and sockets that
+#: never speak must not hold slots (docs/protocol.md#limits-per-client).
+LOGIN_TIMEOUT = 30.0
+#: Connections one client address may hold (trusted addresses are exempt): a
+#: household or a small office behind one NAT, not a laptop holding every slot.
+MAX_CONNECTIONS_PER_IP = 32
+#: The web gateway on this machine; a deployment adds its gateway's address.
+TRUSTED_CLIENTS = "127.0.0.1,::1"
 
 
 @dataclass
@@ -65,6 +76,12 @@ class ServerConfig:
     demo_users: bool = True
     send_burst: float = SEND_BURST
     send_rate: float = SEND_RATE
+    login_timeout: float = LOGIN_TIMEOUT
+    max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP
+    trusted_clients: tuple[IPNetwork, ...] = field(
+        default_factory=lambda: parse_networks(TRUSTED_CLIENTS)
+    )
+    max_sessions_per_user: int = MAX_SESSIONS_PER_USER
 
 
 class Connection(asyncio.Protocol):
@@ -78,28 +95,64 @@ class Connection(asyncio.Protocol):
         self._partial_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._backlog: list[dict[str, Any] | ProtocolError] | None = None
+        self._login_timer: asyncio.TimerHandle | None = None
+        #: The address counted against the per-address cap (None: not counted).
+        self._counted: str | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        config = self.server.config
         peer = transport.get_extra_info("peername")
-        if len(self.server.connections) >= self.server.config.max_connections:
-            log.warning(
-                "refusing %s: at the %d-connection limit", peer, self.server.config.max_connections
-            )
-            self._write(
-                {
-                    "purpose": "error",
-                    "ok": False,
-                    "error": "server_busy",
-                    "message": "the server is at its connection limit; try again later",
-                }
-            )
-            self._closing = True
-            self.transport.close()
+        client = client_address(peer)
+        trusted = is_trusted(client, config.trusted_clients)
+        if len(self.server.connections) >= config.max_connections:
+            log.warning("refusing %s: at the %d-connection limit", peer, config.max_connections)
+            self._refuse("the server is at its connection limit; try again later")
             return
+        if not trusted:
+            held = self.server.per_address.get(client, 0)
+            if held >= config.max_connections_per_ip:
+                log.warning("refusing %s: %s holds %d connections", peer, client, held)
+                self._refuse(
+                    f"your address already has {held} connections open, the most allowed; "
+                    "close one and try again"
+                )
+                return
+            self.server.per_address[client] = held + 1
+            self._counted = client
         self.server.connections.add(self)
-        self.session = Session(self._send_now, peer=f"{peer[0]}:{peer[1]}" if peer else "")
+        self.session = Session(
+            self._send_now,
+            peer=f"{peer[0]}:{peer[1]}" if peer else "",
+            client=client,
+            trusted=trusted,
+        )
+        self._login_timer = asyncio.get_running_loop().call_later(
+            config.login_timeout, self._login_expired
+        )
+
+    def _refuse(self, message: str) -> None:
+        self._write({"purpose": "error", "ok": False, "error": "server_busy", "message": message})
+        self._closing = True
+        assert self.transport is not None
+        self.transport.close()
+
+    def _login_expired(self) -> None:
+        self._login_timer = None
+        if self.session is None or self.session.username is not None or self._closing:
+            return
+        secs = self.server.config.login_timeout
+        log.info("closing %s: not logged in after %g s", self.session.peer, secs)
+        self._deliver(
+            {
+                "purpose": "error",
+                "ok": False,
+                "error": "login_timeout",
+                "message": f"not logged in within {secs:g} s; closing",
+            }
+        )
+        self._close_after_flush()
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self.session is None:
@@ -154,6 +207,16 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._counted is not None:
+            left = self.server.per_address[self._counted] - 1
+            if left:
+                self.server.per_address[self._counted] = left
+            else:
+                del self.server.per_address[self._counted]
+            self._counted = None
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
         if self._partial_timer is not None:
             self._partial_timer.cancel()
         for fut in self._pending:
@@ -260,8 +323,11 @@ class CoreServer:
             max_frame_bytes=config.max_frame_bytes,
             send_burst=config.send_burst,
             send_rate=config.send_rate,
+            max_sessions_per_user=config.max_sessions_per_user,
         )
         self.connections: set[Connection] = set()
+        #: Open connections per untrusted client address.
+        self.per_address: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
         self.port = config.port
 
@@ -339,6 +405,37 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="connection cap; a connection over it gets server_busy",
     )
     p.add_setting(
+        "--max-connections-per-ip",
+        env="CHAT_MAX_CONNECTIONS_PER_IP",
+        type=positive_int,
+        default=MAX_CONNECTIONS_PER_IP,
+        help="connections one client address may hold (trusted ones: no cap); "
+        "one more gets server_busy",
+    )
+    p.add_setting(
+        "--trusted-clients",
+        env="CHAT_TRUSTED_CLIENTS",
+        type=parse_networks,
+        default=TRUSTED_CLIENTS,
+        metavar="ADDRS",
+        help="comma-separated addresses or CIDRs exempt from the per-address cap "
+        "(the web app's); their login may name the browser's address",
+    )
+    p.add_setting(
+        "--login-timeout",
+        env="CHAT_LOGIN_TIMEOUT",
+        type=positive_float,
+        default=LOGIN_TIMEOUT,
+        help="seconds a connection may take to log in or resume; then login_timeout, closed",
+    )
+    p.add_setting(
+        "--max-sessions-per-user",
+        env="CHAT_MAX_SESSIONS_PER_USER",
+        type=positive_int,
+        default=MAX_SESSIONS_PER_USER,
+        help="sessions one user may have logged in at once; one more gets too_many_sessions",
+    )
+    p.add_setting(
         "--demo-users",
         env="CHAT_DEMO_USERS",
         type=boolean,
@@ -364,6 +461,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_frame_bytes=args.max_frame_bytes,
         max_connections=args.max_connections,
         demo_users=args.demo_users,
+        login_timeout=args.login_timeout,
+        max_connections_per_ip=args.max_connections_per_ip,
+        trusted_clients=args.trusted_clients,
+        max_sessions_per_user=args.max_sessions_per_user,
     )
 
 

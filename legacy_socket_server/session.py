@@ -13,10 +13,22 @@ class Session:
 
     _ids = itertools.count(1)
 
-    def __init__(self, send: Callable[[dict[str, Any]], None], peer: str = "") -> None:
+    def __init__(
+        self,
+        send: Callable[[dict[str, Any]], None],
+        peer: str = "",
+        *,
+        client: str = "",
+        trusted: bool = False,
+    ) -> None:
         self.id = next(Session._ids)
         self.send = send
         self.peer = peer
+        #: The client's address (IPv4-mapped IPv6 written as IPv4): the key of
+        #: per-address limits. ``trusted``: a gateway's connection, whose
+        #: ``login`` may name the address of the browser it speaks for.
+        self.client = client
+        self.trusted = trusted
         self.username: str | None = None
         self.token: str | None = None
         self.cursor = 0

@@ -125,7 +125,10 @@ class SettingsParser(argparse.ArgumentParser):
         switch: bool = False,
     ) -> None:
         """One setting: ``--flag VALUE`` (or a bare ``--flag`` when ``switch``) and ``env``."""
-        shown = "off" if switch and not default else default
+        if isinstance(default, bool):
+            shown: Any = ("on" if default else "off") if switch else int(default)
+        else:
+            shown = default
         text = (
             f"{help} (env {env}; default {shown})"
             if shown not in (None, "")

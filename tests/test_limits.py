@@ -1,0 +1,215 @@
+"""Limits per client in the core: the login deadline, connections per address, sessions per
+user, and a hash gate that is fair per address (docs/protocol.md#limits-per-client).
+
+Loopback has a whole /8: a client bound to 127.0.0.2 and one bound to 127.0.0.3
+are two different addresses to the core, and neither is trusted (only
+127.0.0.1 and ::1 are, by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_helpers import DEMO, RawClient, seed_users
+from waiting import until
+
+from legacy_socket_server.addresses import client_address, is_trusted, normalize, parse_networks
+from legacy_socket_server.limits import HashGate
+from legacy_socket_server.protocol import encode
+from legacy_socket_server.server import CoreServer, ServerConfig
+
+StartCore = Callable[..., Awaitable[CoreServer]]
+Connect = Callable[..., Awaitable[RawClient]]
+
+
+@pytest.fixture
+async def start_core(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[StartCore]:
+    servers: list[CoreServer] = []
+
+    async def start(**overrides: Any) -> CoreServer:
+        data = tmp_path / f"data{len(servers)}"
+        seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+        config = ServerConfig(host=overrides.pop("host", "127.0.0.1"), port=0, data_dir=data)
+        for name, value in overrides.items():
+            setattr(config, name, value)
+        servers.append(await CoreServer.start(config))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[Connect]:
+    """Open a raw connection to a core from a chosen loopback address."""
+    clients: list[RawClient] = []
+
+    async def open_from(core: CoreServer, source: str = "127.0.0.2") -> RawClient:
+        host = "::1" if ":" in source else "127.0.0.1"
+        if core.config.host not in ("::", "0.0.0.0", "127.0.0.1") or (
+            ":" in source and core.config.host != "::"
+        ):
+            host = core.config.host
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, core.port, local_addr=(source, 0)), 10
+        )
+        clients.append(RawClient(reader, writer))
+        return clients[-1]
+
+    yield open_from
+    for client in clients:
+        await client.close()
+
+
+# -- addresses -----------------------------------------------------------------------------------
+def test_addresses_are_normalised_and_matched() -> None:
+    assert normalize("::ffff:10.1.2.3") == "10.1.2.3"
+    assert client_address(("::ffff:127.0.0.2", 5000, 0, 0)) == "127.0.0.2"
+    assert normalize("2001:DB8::1") == "2001:db8::1"
+    trusted = parse_networks("127.0.0.1, ::1, 172.28.0.0/24, ::ffff:10.0.0.9")
+    assert is_trusted("127.0.0.1", trusted) and is_trusted("::1", trusted)
+    assert is_trusted("172.28.0.77", trusted) and is_trusted("10.0.0.9", trusted)
+    assert not is_trusted("127.0.0.2", trusted) and not is_trusted("", trusted)
+
+
+# -- the login deadline --------------------------------------------------------------------------
+async def test_a_connection_that_never_logs_in_is_closed_at_the_deadline(
+    start_core: StartCore, connect: Connect
+) -> None:
+    core = await start_core(login_timeout=0.5)
+    silent = await connect(core)
+    typing = await connect(core)
+    await typing.send_raw(b"$12{")  # half a packet: still not logged in
+    logged = await connect(core)
+    await logged.login("Bob")
+    for idle in (silent, typing):
+        got = await idle.expect_closed(timeout=10)
+        assert [m["error"] for m in got] == ["login_timeout"], got
+        assert "0.5 s" in got[0]["message"]
+    # The one that logged in in time outlived the deadline.
+    assert (await logged.call("ping"))["ok"] is True
+    assert len(core.connections) == 1
+
+
+async def test_resume_also_meets_the_deadline(start_core: StartCore, connect: Connect) -> None:
+    core = await start_core(login_timeout=0.5)
+    first = await connect(core)
+    token = (await first.login("Alice"))["token"]
+    second = await connect(core)
+    await second.call("resume", token=token)
+    idle = await connect(core)
+    await idle.expect_closed(timeout=10)
+    assert (await second.call("ping"))["ok"] is True
+
+
+# -- connections per address ---------------------------------------------------------------------
+async def test_the_33rd_connection_of_an_address_is_refused(
+    start_core: StartCore, connect: Connect
+) -> None:
+    core = await start_core()
+    held = [await connect(core, "127.0.0.2") for _ in range(32)]
+    await held[-1].call("ping")  # all 32 were accepted
+    extra = await connect(core, "127.0.0.2")
+    got = await extra.expect_closed()
+    assert [m["error"] for m in got] == ["server_busy"] and "32" in got[0]["message"]
+    # Another address is not affected: it logs in at once.
+    other = await connect(core, "127.0.0.3")
+    await other.login("Bob")
+    # A slot freed is a slot for the address again.
+    await held[0].close()
+    await until(lambda: core.per_address.get("127.0.0.2") == 31, what="the slot to free")
+    again = await connect(core, "127.0.0.2")
+    await again.login("Charlie")
+
+
+async def test_trusted_addresses_are_not_capped(start_core: StartCore, connect: Connect) -> None:
+    core = await start_core(max_connections_per_ip=3)
+    trusted = [await connect(core, "127.0.0.1") for _ in range(10)]
+    for c in trusted:
+        assert (await c.call("ping"))["ok"] is True
+    capped = [await connect(core, "127.0.0.4") for _ in range(3)]
+    await capped[-1].call("ping")
+    over = await connect(core, "127.0.0.4")
+    assert [m["error"] for m in await over.expect_closed()] == ["server_busy"]
+
+
+# -- sessions per user ---------------------------------------------------------------------------
+async def test_the_33rd_session_of_a_user_is_refused(
+    start_core: StartCore, connect: Connect
+) -> None:
+    core = await start_core()
+    sessions = []
+    for _ in range(32):
+        c = await connect(core, "127.0.0.1")
+        token = (await c.login("Alice"))["token"]
+        sessions.append(c)
+    extra = await connect(core, "127.0.0.1")
+    reply = await extra.request("login", username="Alice", password=DEMO["Alice"])
+    assert reply["error"] == "too_many_sessions" and "32 sessions" in reply["message"], reply
+    # Not logged in, still connected; others log in meanwhile.
+    assert (await extra.request("users"))["error"] == "not_logged_in"
+    bob = await connect(core, "127.0.0.1")
+    await bob.login("Bob")
+    # A resume counts as a session too.
+    resumed = await extra.request("resume", token=token)
+    assert resumed["error"] == "too_many_sessions", resumed
+    # One leaves: the refused connection may come in now.
+    await sessions[0].close()
+    await until(lambda: _resumed(extra, token), what="a slot for Alice")
+
+
+async def _resumed(client: RawClient, token: str) -> bool:
+    return (await client.request("resume", token=token))["ok"]
+
+
+# -- the hash gate is fair per address -----------------------------------------------------------
+async def test_gate_takes_waiting_clients_in_turn() -> None:
+    gate = HashGate(burst=0.0, duty=0.5, max_waiting=100, max_per_client=5)
+    order: list[str] = []
+
+    def job(tag: str) -> Callable[[], str]:
+        return lambda: order.append(tag) or tag
+
+    storm = [gate.run(job("a"), "A") for _ in range(5)]
+    assert gate.run(job("a"), "A") is None  # A holds its share of the room
+    other = gate.run(job("b"), "B")
+    await asyncio.wait_for(asyncio.gather(*storm, other), 10)
+    assert order.index("b") <= 1, order  # B's one check did not wait behind A's five
+    gate.close()
+
+
+async def test_a_login_storm_from_one_address_does_not_hold_up_another(
+    start_core: StartCore, connect: Connect
+) -> None:
+    core = await start_core(max_connections_per_ip=400)
+    storm = [await connect(core, "127.0.0.2") for _ in range(300)]
+    names = (f"nobody{i}" for i in itertools.count())
+    for c in storm:  # written at once, sent as the loop gets to them
+        c.writer.write(
+            encode({"purpose": "login", "id": 1, "username": next(names), "password": "x"})
+        )
+    # Some of the storm is waiting in the gate (the rest was refused at once).
+    await until(lambda: core.service.hash_gate.waiting > 10, 30, "the storm to queue")
+    bob = await connect(core, "127.0.0.3")
+    t0 = time.monotonic()
+    reply = await bob.request("login", username="Bob", password=DEMO["Bob"])
+    elapsed = time.monotonic() - t0
+    assert reply["ok"] is True, reply
+    # Fair turns: Bob's check ran within the next turn or two, not behind the queue.
+    waiting_after = core.service.hash_gate.waiting
+    assert waiting_after >= 5, (waiting_after, elapsed)
+    replies = [await c.recv(timeout=60) for c in storm]
+    errors = {r["error"] for r in replies}
+    # One address may hold half the waiting room; the rest of its storm is refused unhashed.
+    assert errors <= {"invalid_credentials", "rate_limited"} and "rate_limited" in errors
+    assert sum(r["error"] == "rate_limited" for r in replies) >= 150, errors
+    print(f"login from another address answered in {elapsed * 1000:.0f} ms during the storm")
