@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,24 +15,22 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from conftest import ROOT, CoreProcess
-from web_helpers import TcpUser, expect_error, login, poll_until, status_is, until
+from waiting import until
+from web_helpers import (  # noqa: F401 - fixtures
+    MakeWeb,
+    expect_error,
+    fixture_make_web,
+    fixture_tcp,
+    login,
+    poll_until,
+    status_is,
+)
 
 from app.config import WebConfig
-from app.web import create_app
+from app.gateway import BrowserSession, Gateway
+from app.web import GATEWAY_KEY, create_app
 
-MakeWeb = Callable[..., Awaitable[TestServer]]
 JSON = {"Content-Type": "application/json"}
-
-
-@pytest.fixture
-async def make_web(core_proc: CoreProcess, aiohttp_server: Any) -> MakeWeb:
-    """Start the web app against ``core_proc`` (WebConfig overrides as keywords)."""
-
-    async def make(**overrides: Any) -> TestServer:
-        config = WebConfig(core=(core_proc.host, core_proc.port), **overrides)
-        return await aiohttp_server(create_app(config))
-
-    return make
 
 
 @pytest.fixture
@@ -46,17 +44,14 @@ async def browser(make_web: MakeWeb, aiohttp_client: Any) -> Callable[[], Awaita
     return new
 
 
-@pytest.fixture
-async def tcp(core_proc: CoreProcess) -> AsyncIterator[Callable[[str], Awaitable[TcpUser]]]:
-    users: list[TcpUser] = []
+def gateway_of(server: TestServer) -> Gateway:
+    return server.app[GATEWAY_KEY]
 
-    async def login(name: str) -> TcpUser:
-        users.append(await TcpUser.login(core_proc.host, core_proc.port, name))
-        return users[-1]
 
-    yield login
-    for u in users:
-        await u.close()
+def only_session(server: TestServer) -> BrowserSession:
+    """The one live browser session on ``server``."""
+    (session,) = gateway_of(server).sessions.values()
+    return session
 
 
 # -- health, pages, headers --
@@ -298,28 +293,33 @@ async def test_two_browsers_of_one_user(browser: Any, tcp: Any) -> None:
     await poll_until(two, c2, is_msg)
     # Reading in one browser is news for the other (a separate core session).
     assert (await one.post("/api/read", json={"with": "Bob", "up_to": msg["id"]})).status == 204
-    await poll_until(two, c2, lambda e: e == {"type": "read", "with": "Bob", "up_to": msg["id"]})
+    is_read = lambda e: e == {"type": "read", "with": "Bob", "up_to": msg["id"]}  # noqa: E731
+    await poll_until(two, c2, is_read)
+    await poll_until(one, c1, is_read)  # the reading session's own tabs hear of it too
     assert (await one.post("/api/logout", json={})).status == 204
     assert (await two.get("/api/users")).status == 200
     assert (await bob.users())["Alice"]["online"] is True  # still one session
 
 
 async def test_tabs_of_one_session_all_wake_and_never_cut_each_other(
-    browser: Any, tcp: Any
+    make_web: MakeWeb, aiohttp_client: Any, tcp: Any
 ) -> None:
     bob = await tcp("Bob")
-    client = await browser()
+    server = await make_web()
+    client = await aiohttp_client(server)
     cursor = (await login(client))["cursor"]
+    session = only_session(server)
 
     async def tab() -> dict:
         resp = await client.get("/api/poll", params={"cursor": cursor, "wait_ms": 10_000})
         return await resp.json()
 
     tabs = [asyncio.create_task(tab()) for _ in range(3)]
-    await asyncio.sleep(0.3)  # let all three be held; none may have answered early
+    # All three held at once: a later tab's poll did not answer an earlier one.
+    await until(lambda: session.polls_in_flight == 3, what="three held polls")
     assert not any(t.done() for t in tabs)
     msg = await bob.client.send_message("Alice", "wake up")
-    for reply in await asyncio.wait_for(asyncio.gather(*tabs), 5):
+    for reply in await asyncio.gather(*tabs):
         assert [e["message"]["id"] for e in reply["events"] if e["type"] == "message"] == [
             msg["id"]
         ]
@@ -330,21 +330,38 @@ async def test_idle_session_is_logged_out(make_web: MakeWeb, aiohttp_client: Any
     client = await aiohttp_client(await make_web(idle_timeout=0.5))
     await login(client)
     await bob.wait_event(lambda e: e == {"type": "presence", "username": "Alice", "online": True})
-    # No polls: within about a second Alice goes offline and her cookie is dead.
-    await bob.wait_event(
-        lambda e: e == {"type": "presence", "username": "Alice", "online": False}, timeout=5
-    )
+    # No polls: Alice goes offline and her cookie is dead.
+    await bob.wait_event(lambda e: e == {"type": "presence", "username": "Alice", "online": False})
     await expect_error(await client.get("/api/users"), 401, "not_logged_in")
 
 
-async def test_polling_keeps_a_session_alive(make_web: MakeWeb, aiohttp_client: Any) -> None:
-    client = await aiohttp_client(await make_web(idle_timeout=0.5))
-    cursor = (await login(client))["cursor"]
-    for _ in range(3):  # a held poll longer than the idle timeout counts as activity
-        resp = await client.get("/api/poll", params={"cursor": cursor, "wait_ms": 800})
-        assert resp.status == 200
-        cursor = (await resp.json())["cursor"]
-    assert (await client.get("/api/users")).status == 200
+async def test_a_held_poll_keeps_a_session_alive(make_web: MakeWeb, aiohttp_client: Any) -> None:
+    server = await make_web(idle_timeout=0.5)
+    sessions = gateway_of(server).sessions
+    # Two sessions of one user: no presence events between them to wake a poll.
+    polling, idle = await aiohttp_client(server), await aiohttp_client(server)
+    cursor = (await login(polling))["cursor"]
+    (kept,) = sessions.values()
+    await login(idle)
+    (dropped,) = [s for s in sessions.values() if s is not kept]
+
+    async def poll() -> aiohttp.ClientResponse:
+        return await polling.get("/api/poll", params={"cursor": cursor, "wait_ms": 30_000})
+
+    held = asyncio.create_task(poll())
+    await until(lambda: kept.polls_in_flight == 1, what="the poll to be held")
+    # The idle session polls once after the held poll began, then stops. When
+    # the reaper ends it, the held poll's session has gone as long without a
+    # new poll: only the held one keeps it in.
+    assert (await idle.get("/api/poll")).status == 200
+    await until(lambda: dropped.ended, what="the idle session to end")
+    assert not kept.ended and not held.done()
+    resp = await polling.post("/api/messages", json={"to": "Bob", "text": "still here"})
+    assert resp.status == 200
+    resp = await held  # the message answers the held poll
+    assert [e["type"] for e in (await resp.json())["events"]] == ["message"]
+    assert (await polling.get("/api/users")).status == 200
+    await expect_error(await idle.get("/api/users"), 401, "not_logged_in")
 
 
 async def test_core_restart_gives_503_then_recovers(

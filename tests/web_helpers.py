@@ -1,17 +1,40 @@
-"""Helpers for the web app's tests: a desktop-like TCP user and async waiting."""
+"""Helpers for the web app's tests (tests/test_web_*.py).
+
+Fixtures shared by those modules live here, defined as ``fixture_NAME`` with
+``name="NAME"`` so that a test module imports them without shadowing its test
+arguments (``from web_helpers import fixture_tcp  # noqa: F401``):
+``make_web`` starts the web app against the ``core_proc`` core, ``tcp`` logs
+desktop-like users in on plain core connections, ``chromium`` is Debian's
+headless Chromium under Playwright. Waiting is ``waiting.until``, never a sleep.
+"""
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient
-from conftest import DEMO_USERS
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from conftest import DEMO_USERS, IN_CI, CoreProcess, require_tool
 from waiting import until
 
+from app.config import WebConfig
+from app.web import create_app
 from legacy_socket_server.client import CoreClient
+
+MakeWeb = Callable[..., Awaitable[TestServer]]
+#: Debian's Chromium in a container: no sandbox, no GPU, nothing phoning home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 class TcpUser:
@@ -84,3 +107,66 @@ async def poll_until(client: TestClient, cursor: int, match: Callable[[dict], bo
 
 async def status_is(client: TestClient, path: str, status: int) -> bool:
     return (await client.get(path)).status == status
+
+
+# -- fixtures (import them into a test module to use them) ---------------------------------
+@pytest.fixture(name="make_web")
+async def fixture_make_web(core_proc: CoreProcess, aiohttp_server: Any) -> MakeWeb:
+    """Start the web app against ``core_proc`` (WebConfig overrides as keywords)."""
+
+    async def make(**overrides: Any) -> TestServer:
+        config = WebConfig(core=(core_proc.host, core_proc.port), **overrides)
+        return await aiohttp_server(create_app(config))
+
+    return make
+
+
+@pytest.fixture(name="tcp")
+async def fixture_tcp(core_proc: CoreProcess) -> AsyncIterator[Callable[[str], Awaitable[TcpUser]]]:
+    """A factory: ``await tcp("Bob")`` logs Bob in on a core connection (closed at the end)."""
+    users: list[TcpUser] = []
+
+    async def login(name: str) -> TcpUser:
+        users.append(await TcpUser.login(core_proc.host, core_proc.port, name))
+        return users[-1]
+
+    yield login
+    for u in users:
+        await u.close()
+
+
+def import_playwright() -> Any:
+    """``playwright.async_api``; skip without it on a laptop, fail in CI."""
+    try:
+        import playwright.async_api as playwright_api
+    except ImportError:
+        if IN_CI:
+            raise
+        pytest.skip("playwright not installed: pip install -e '.[test]'", allow_module_level=True)
+    return playwright_api
+
+
+@pytest.fixture(name="chromium")
+async def fixture_chromium() -> AsyncIterator[Any]:
+    """Debian's headless Chromium (never a downloaded one), driven by Playwright."""
+    path = require_tool("chromium", "the browser tests drive Debian's headless Chromium")
+    async with import_playwright().async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=path, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+async def log_in(page: Any, site: str, name: str, password: str, query: str = "") -> None:
+    """Log in through the login page and wait for the people list."""
+    expect = import_playwright().expect
+    await page.goto(f"{site}/{query}")
+    await expect(page).to_have_url(re.compile(r"/login"))
+    await page.get_by_label("Username").fill(name)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.locator("#users .user").first).to_be_visible()
+
+
+def user_button(page: Any, name: str) -> Any:
+    """The people list's button for ``name``."""
+    return page.locator(f'#users .user[data-name="{name}"]')

@@ -1,6 +1,6 @@
 // The chat page: state, polling, sending. Rendering lives in view.js.
 // Every chat rule (unread counts, presence, validation) is the server's; this
-// file only keeps what the server said and asks again after a reset.
+// file keeps what the server said and applies the events that came after it.
 import { api, go, NetworkError, newId, sleep } from "./api.js";
 import * as view from "./view.js";
 
@@ -14,13 +14,17 @@ const longpoll = params.get("longpoll") === "1" || document.body.dataset.longpol
 
 const state = {
   me: document.body.dataset.username,
-  users: new Map(), // name -> {username, online, unread}
-  convs: new Map(), // name -> {messages, ids, hasMore, loaded, loadingOlder}
+  users: new Map(), // name -> {username, online, unread}, as the server counted them
+  convs: new Map(), // name -> {messages, ids, hasMore, loaded}
   open: null,
+  // Positions in the session's event buffer. The poll loop reads on from
+  // `cursor`; the users list's counts include every event at or before
+  // `countedUpTo` (its cursor) and none after, so only later events change them.
   cursor: null,
-  // Unread increments applied from events, by buffer position: a users list
-  // fetched later reflects those at or before its cursor and not the others.
-  bumps: [], // {pos, peer}
+  countedUpTo: null,
+  needUsers: true, // fetch the users list at the poll loop's next turn
+  needReload: false, // the server said reset: users and the open conversation again
+  loading: new Set(), // conversations whose first history page is on its way
   readSent: new Map(), // name -> highest up_to sent
 };
 
@@ -47,10 +51,24 @@ function addMessages(c, messages) {
   return added;
 }
 
+// The newest message from `peer` this tab knows of (0: none).
+function newestFrom(peer) {
+  const messages = state.convs.get(peer)?.messages || [];
+  for (let i = messages.length - 1; i >= 0; i--) {
+    if (messages[i].from === peer) return messages[i].id;
+  }
+  return 0;
+}
+
 function renderAll() {
-  view.renderUsers(state, openConversation);
+  view.renderUsers(state);
   view.renderTitle(state);
   view.renderHeader(state);
+}
+
+// The log is busy while the open conversation's history is on its way.
+function settleBusy() {
+  view.setBusy(Boolean(state.open && state.loading.has(state.open)));
 }
 
 // A 401 anywhere means the session is gone (logged out, idle, token refused).
@@ -62,11 +80,16 @@ function checkSession(res) {
   return res;
 }
 
+// Only the poll loop calls this, between polls: the list and the events the
+// loop reads are then in one order, and `countedUpTo` says where they meet.
 async function loadUsers() {
   const res = checkSession(await api("GET", "/api/users"));
   if (!res.ok) throw new NetworkError(res.data?.message);
   state.users = new Map(res.data.users.map((u) => [u.username, u]));
-  return res.data.cursor;
+  state.countedUpTo = res.data.cursor;
+  if (state.cursor === null) state.cursor = res.data.cursor;
+  state.needUsers = false;
+  renderAll();
 }
 
 async function loadHistory(name, before) {
@@ -81,14 +104,20 @@ function visible() {
   return document.visibilityState === "visible";
 }
 
+function narrow() {
+  return window.matchMedia("(max-width: 720px)").matches;
+}
+
 async function markRead(name) {
   const c = state.convs.get(name);
   const newest = c?.messages.at(-1);
   const user = state.users.get(name);
   if (!newest || !visible()) return;
-  if (user) user.unread = 0;
-  view.renderUsers(state, openConversation);
-  view.renderTitle(state);
+  if (user && user.unread !== 0) {
+    user.unread = 0;
+    view.renderUsers(state);
+    view.renderTitle(state);
+  }
   if ((state.readSent.get(name) || 0) >= newest.id) return;
   state.readSent.set(name, newest.id);
   try {
@@ -102,25 +131,42 @@ async function markRead(name) {
 async function openConversation(name) {
   state.open = name;
   view.showSendError("");
+  const c = conv(name);
+  if (!c.loaded) state.loading.add(name);
+  settleBusy();
   renderAll();
   view.renderMessages(state, { keepBottom: true });
   $("message").focus();
-  const c = conv(name);
   if (!c.loaded) {
     try {
       const page = await loadHistory(name);
       addMessages(c, page.messages);
       c.hasMore = page.has_more;
       c.loaded = true;
+      // Still busy: the thread goes in as a whole, not read out row by row.
+      if (state.open === name) view.renderMessages(state, { keepBottom: true });
     } catch (err) {
       if (!(err instanceof NetworkError)) throw err;
-      view.showSendError("Could not load the conversation; retrying when the server is back.");
+      if (state.open === name) {
+        view.showSendError("Could not load the conversation; retrying when the server is back.");
+      }
       return;
+    } finally {
+      state.loading.delete(name);
+      settleBusy();
     }
     if (state.open !== name) return;
-    view.renderMessages(state, { keepBottom: true });
   }
   await markRead(name);
+}
+
+function closeConversation() {
+  const name = state.open;
+  state.open = null;
+  settleBusy();
+  renderAll();
+  view.renderMessages(state);
+  view.focusUsers(name);
 }
 
 async function loadOlder() {
@@ -132,7 +178,10 @@ async function loadOlder() {
     const page = await loadHistory(name, c.messages[0].id);
     addMessages(c, page.messages);
     c.hasMore = page.has_more;
-    if (state.open === name) view.renderMessages(state, { anchor: "older" });
+    // Older messages are history, not news: they go in without being read out.
+    if (state.open === name && state.convs.get(name) === c) {
+      view.renderMessages(state, { quiet: true });
+    }
   } catch (err) {
     if (!(err instanceof NetworkError)) throw err;
   } finally {
@@ -141,123 +190,106 @@ async function loadOlder() {
 }
 
 // -- events from the server ----------------------------------------------------
+// `pos` is the event's position in the buffer (undefined: our own send's reply).
+// Events at or before `countedUpTo` are already in the users list's counts.
 function onMessage(m, pos) {
-  const peer = m.from === state.me ? m.to : m.from;
-  const c = conv(peer);
-  const added = addMessages(c, [m]);
-  if (peer === state.open) {
-    if (added) view.renderMessages(state, { keepBottom: m.from === state.me });
-    if (m.from !== state.me && visible()) {
-      markRead(peer);
-      return;
-    }
-  }
-  const user = state.users.get(peer);
-  if (m.from !== state.me && user && added) {
-    user.unread += 1;
-    if (pos !== undefined) {
-      state.bumps.push({ pos, peer });
-      if (state.bumps.length > 500) state.bumps.splice(0, 250);
-    }
-  }
-}
-
-function onRead(ev) {
-  // Our own marker comes back too (tabs share the session): nothing new.
-  if ((state.readSent.get(ev.with) || 0) >= ev.up_to) return;
-  state.readSent.set(ev.with, ev.up_to);
-  // Read up to the newest message we know of from them: all read. Otherwise
-  // only the server can say how many are left.
-  const c = state.convs.get(ev.with);
-  const newest = Math.max(0, ...(c ? c.messages : []).filter((m) => m.from === ev.with).map((m) => m.id));
-  const user = state.users.get(ev.with);
-  if (user && newest > 0 && ev.up_to >= newest) {
-    user.unread = 0;
-    state.bumps = state.bumps.filter((b) => b.peer !== ev.with);
-  } else {
-    refreshUsers();
-  }
-}
-
-let refreshing = false;
-let refreshAgain = false;
-async function refreshUsers() {
-  // Read markers set in another tab or window: the server owns the counts.
-  // Calls while one runs fold into one more run, so none is lost.
-  if (refreshing) {
-    refreshAgain = true;
+  const mine = m.from === state.me;
+  const peer = mine ? m.to : m.from;
+  const added = addMessages(conv(peer), [m]);
+  if (peer === state.open && added) view.renderMessages(state, { keepBottom: mine });
+  if (mine) return;
+  if (peer === state.open && visible()) {
+    markRead(peer); // read as it arrives, counted or not
     return;
   }
-  refreshing = true;
-  try {
-    do {
-      refreshAgain = false;
-      await sleep(50); // a burst of events costs one request
-      const asOf = await loadUsers();
-      for (const b of state.bumps) {
-        const user = state.users.get(b.peer);
-        if (b.pos > asOf && user && !(b.peer === state.open && visible())) user.unread += 1;
-      }
-      renderAll();
-    } while (refreshAgain);
-  } catch (err) {
-    if (!(err instanceof NetworkError)) throw err;
-  } finally {
-    refreshing = false;
-  }
+  if (pos === undefined || pos <= state.countedUpTo) return;
+  const user = state.users.get(peer);
+  if (user) user.unread += 1;
+  else state.needUsers = true; // someone new: the list will count it
 }
 
-async function reload() {
-  // After a reset: start again from what the server holds now.
-  state.cursor = await loadUsers();
-  state.bumps = [];
-  const open = state.open;
-  for (const [name, c] of state.convs) if (name !== open) c.loaded = false;
-  if (open) {
-    const page = await loadHistory(open);
-    const c = conv(open);
-    c.messages = [];
-    c.ids = new Set();
-    addMessages(c, page.messages);
-    c.hasMore = page.has_more;
-    c.loaded = true;
-    view.renderMessages(state, {});
-    await markRead(open);
+function onRead(ev, pos) {
+  // Another tab or window (or this one: every tab hears of every marker) read.
+  if (pos <= state.countedUpTo) return;
+  const user = state.users.get(ev.with);
+  if (!user) {
+    state.needUsers = true;
+    return;
   }
-  renderAll();
+  if (user.unread === 0) return; // a marker only ever lowers the count
+  // Read up to the newest message we know of from them: all read. (Every newer
+  // one would have reached us before this event.) Otherwise only the server
+  // can say how many are left.
+  const newest = newestFrom(ev.with);
+  if (newest > 0 && ev.up_to >= newest) user.unread = 0;
+  else state.needUsers = true;
+}
+
+function onPresence(ev, pos) {
+  if (pos <= state.countedUpTo) return;
+  const user = state.users.get(ev.username);
+  if (user) user.online = ev.online;
+  else state.needUsers = true; // someone new registered
 }
 
 function onEvents(events, from) {
   // Buffer cursors are consecutive: event i of a reply sits at from + i + 1.
   let usersChanged = false;
   for (const [i, ev] of events.entries()) {
-    if (ev.type === "message") {
-      onMessage(ev.message, from + i + 1);
-      usersChanged = true;
-    } else if (ev.type === "presence") {
-      const user = state.users.get(ev.username);
-      if (user) user.online = ev.online;
-      else refreshUsers(); // someone new registered
-      usersChanged = true;
-    } else if (ev.type === "read") {
-      onRead(ev);
-      usersChanged = true;
-    }
+    const pos = from + i + 1;
+    if (ev.type === "message") onMessage(ev.message, pos);
+    else if (ev.type === "presence") onPresence(ev, pos);
+    else if (ev.type === "read") onRead(ev, pos);
+    else continue;
+    usersChanged = true;
   }
   if (usersChanged) renderAll();
 }
 
+async function reload() {
+  // After a reset: start again from what the server holds now. What we knew
+  // of other conversations may have gaps; they load again when opened.
+  await loadUsers();
+  const open = state.open;
+  let page = null;
+  if (open) {
+    state.loading.add(open);
+    settleBusy();
+    try {
+      page = await loadHistory(open);
+    } finally {
+      state.loading.delete(open);
+      settleBusy();
+    }
+  }
+  state.convs = new Map();
+  if (open) {
+    const c = conv(open);
+    addMessages(c, page.messages);
+    c.hasMore = page.has_more;
+    c.loaded = true;
+  }
+  // Another conversation opened meanwhile: its page may predate the reset.
+  state.needReload = state.open !== open;
+  view.renderMessages(state, { rebuild: true }); // busy while rebuilt (view.js)
+  renderAll();
+  if (state.open) markRead(state.open);
+}
+
+// The one loop that talks to the event buffer: list refreshes happen here too,
+// between polls, so every event is counted by the list or by us, never both.
 async function pollLoop() {
   let backoff = 250;
   for (;;) {
-    const q = new URLSearchParams({ cursor: String(state.cursor) });
-    if (longpoll) q.set("wait_ms", String(LONGPOLL_WAIT_MS));
-    let res;
+    let res = null;
     try {
+      if (state.needReload) await reload();
+      else if (state.needUsers) await loadUsers();
+      const q = new URLSearchParams({ cursor: String(state.cursor) });
+      if (longpoll) q.set("wait_ms", String(LONGPOLL_WAIT_MS));
       res = checkSession(await api("GET", `/api/poll?${q}`));
     } catch (err) {
       if (!(err instanceof NetworkError)) throw err;
-      res = null;
     }
     if (!res || !res.ok) {
       view.showBanner(true);
@@ -268,18 +300,17 @@ async function pollLoop() {
     view.showBanner(false);
     backoff = 250;
     if (res.data.reset) {
-      try {
-        await reload();
-      } catch (err) {
-        if (!(err instanceof NetworkError)) throw err;
-        continue; // cursor unchanged: the next poll says reset again
-      }
+      // Read on from the fresh position; the next turn reloads before polling.
+      state.cursor = res.data.cursor;
+      state.needReload = true;
       continue;
     }
     const from = state.cursor;
     state.cursor = res.data.cursor;
     onEvents(res.data.events, from);
-    if (!longpoll && res.data.events.length === 0) await sleep(POLL_INTERVAL_MS);
+    if (!longpoll && res.data.events.length === 0 && !state.needUsers) {
+      await sleep(POLL_INTERVAL_MS);
+    }
   }
 }
 
@@ -346,13 +377,7 @@ $("message").addEventListener("input", autosize);
 $("messages").addEventListener("scroll", () => {
   if ($("messages").scrollTop < 80) loadOlder();
 });
-$("back").addEventListener("click", () => {
-  const name = state.open;
-  state.open = null;
-  renderAll();
-  view.renderMessages(state, {});
-  document.querySelector(`.user[data-name="${CSS.escape(name)}"]`)?.focus();
-});
+$("back").addEventListener("click", closeConversation);
 $("logout").addEventListener("click", async () => {
   try {
     await api("POST", "/api/logout", {});
@@ -361,30 +386,18 @@ $("logout").addEventListener("click", async () => {
   }
   go("/login");
 });
+view.bindUsers(openConversation);
 document.addEventListener("visibilitychange", () => {
   if (visible() && state.open) markRead(state.open);
 });
+// Esc goes back to the people list, as in the desktop client: at phone width
+// (one column) the conversation closes; side by side it stays open.
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && state.open && window.matchMedia("(max-width: 720px)").matches) {
-    $("back").click();
-  }
+  if (event.key !== "Escape" || event.isComposing || event.defaultPrevented || !state.open) return;
+  event.preventDefault();
+  if (narrow()) closeConversation();
+  else view.focusUsers(state.open);
 });
 
-async function start() {
-  view.paintAvatar($("me-avatar"), state.me);
-  for (let delay = 250; ; delay = Math.min(delay * 2, 2000)) {
-    try {
-      state.cursor = await loadUsers();
-      break;
-    } catch (err) {
-      if (!(err instanceof NetworkError)) throw err;
-      view.showBanner(true);
-      await sleep(delay);
-    }
-  }
-  view.showBanner(false);
-  renderAll();
-  pollLoop();
-}
-
-start();
+view.paintAvatar($("me-avatar"), state.me);
+pollLoop();
