@@ -80,6 +80,11 @@ ERROR_CODES = frozenset(
         "empty_text",
         "text_too_long",
         "storage_unavailable",
+        "too_many_sessions",
+        "invalid_name",
+        "room_exists",
+        "unknown_room",
+        "not_a_member",
     }
 )
 FIELDS = (
@@ -96,6 +101,10 @@ FIELDS = (
     "before",
     "limit",
     "up_to",
+    "room",
+    "private",
+    "members",
+    "echo",
 )
 LONE_SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff", "a\ud83d", "\ude00b"]
 
@@ -161,11 +170,16 @@ PLAUSIBLE: dict[str, st.SearchStrategy[Any]] = {
     "before": st.integers(-2, 50),
     "limit": st.integers(-1, 205),
     "up_to": st.integers(-2, 10**6),
+    "room": st.sampled_from(["general", "General", "side", "secret", "bad name", "", "x" * 41]),
+    "private": st.booleans(),
+    "members": st.lists(st.sampled_from([*DEMO, "Nobody"]), max_size=3),
+    "echo": st.booleans(),
 }
 
 #: Sending and polling are where the state is; exit ends a session, so it comes rarely.
 WEIGHTED_PURPOSES = ["send_message"] * 4 + ["poll"] * 3 + [
-    "history", "read", "users", "login", "resume", "ping", "exit"
+    "history", "read", "users", "login", "resume", "ping", "exit",
+    "rooms", "create_room", "join_room", "leave_room", "add_member", "room_members",
 ]  # fmt: skip
 assert set(WEIGHTED_PURPOSES) == set(PURPOSES)
 
@@ -176,7 +190,12 @@ FIELDS_FOR: dict[str, tuple[str, ...]] = {
     "send_message": ("to", "text", "client_msg_id"),
     "poll": ("cursor", "wait_ms"),
     "history": ("with", "before", "limit"),
-    "read": ("with", "up_to"),
+    "read": ("with", "up_to", "echo"),
+    "create_room": ("room", "private", "members"),
+    "join_room": ("room",),
+    "leave_room": ("room",),
+    "add_member": ("room", "username"),
+    "room_members": ("room",),
 }
 
 

@@ -38,7 +38,8 @@ from .conversations import ConversationIndex
 from .events import Entry, EventLog, collect, encoded_size
 from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .login import PasswordLogin
-from .protocol import DEFAULT_MAX_FRAME_BYTES
+from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded
+from .rooms import RoomRules
 from .session import ChatError, Session
 from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
@@ -66,7 +67,7 @@ MAX_SESSIONS_PER_USER = 32
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
 
-class ChatService(PasswordLogin):
+class ChatService(PasswordLogin, RoomRules):
     def __init__(
         self,
         users: UserStore,
@@ -99,6 +100,7 @@ class ChatService(PasswordLogin):
         self._messages: list[dict[str, Any]] = []
         self._convs: dict[tuple[str, str], ConversationIndex] = {}
         self._dedup: dict[tuple[str, str], dict[str, Any]] = {}
+        self._load_rooms(state)
         for msg in state.messages:
             self._index(msg)
         # The loaded history is long-lived: move it out of the cyclic GC's
@@ -116,6 +118,9 @@ class ChatService(PasswordLogin):
         self.throttle = LoginThrottle()
         self.hash_gate = hash_gate if hash_gate is not None else HashGate(clock=clock)
         self.closing = False
+        # Rooms need the logs above; the user list may have changed while we were down.
+        self.enroll_users()
+        users.on_change = self.enroll_users
         log.info(
             "loaded %d messages, %d users (boot %d)",
             len(self._messages),
@@ -126,7 +131,10 @@ class ChatService(PasswordLogin):
     # -- state helpers --------------------------------------------------------
     def _index(self, msg: dict[str, Any]) -> None:
         self._messages.append(msg)
-        self._conv(msg["from"], msg["to"]).add(msg)
+        if "room" in msg:
+            self._index_room_message(msg)
+        else:
+            self._conv(msg["from"], msg["to"]).add(msg)
         if "client_msg_id" in msg:
             self._dedup[(msg["from"], msg["client_msg_id"])] = msg
 
@@ -145,7 +153,16 @@ class ChatService(PasswordLogin):
         return (self.boot << SEQ_BITS) | self._seq
 
     def snapshot(self) -> HistoryState:
-        return HistoryState(self._messages, self._markers, self._next_id, self.boot)
+        rooms, room_markers = self._room_state()
+        return HistoryState(
+            self._messages,
+            self._markers,
+            self._next_id,
+            self.boot,
+            rooms,
+            room_markers,
+            self._enrolled,
+        )
 
     def is_online(self, name: str) -> bool:
         return bool(self._online.get(name))
@@ -177,6 +194,20 @@ class ChatService(PasswordLogin):
         for s in list(self._online.get(user, ())):
             if s.held is not None and s.id != skip:
                 self._answer_held(s)
+
+    def _emit_many(self, users: Any, event: dict[str, Any]) -> None:
+        """One event for many users: encoded once, one shared entry appended to each log."""
+        shared = PreEncoded(event)
+        self._seq += 1
+        entry = Entry(self._seq, shared, 0, len(shared.json))
+        for user in users:
+            ulog = self._logs.get(user)
+            if ulog is None:
+                continue  # never logged in this run: their next login starts fresh
+            ulog.append(entry)
+            for s in list(self._online.get(user, ())):
+                if s.held is not None:
+                    self._answer_held(s)
 
     # -- entry point --------------------------------------------------------------
     def handle(
@@ -250,6 +281,7 @@ class ChatService(PasswordLogin):
         return {
             "username": name,
             "users": self.user_list(name),
+            "rooms": self.room_list(name),
             "cursor": session.cursor,
             "token": token,
         }
@@ -322,9 +354,21 @@ class ChatService(PasswordLogin):
             raise ChatError("unknown_user", f"no other user named {peer!r}")
         return peer
 
+    def _target(self, session: Session, req: dict[str, Any], field: str) -> tuple[str, Any]:
+        """``("peer", name)`` or ``("room", Room)``: exactly one of ``field`` and ``room``."""
+        if (field in req) == ("room" in req):
+            raise BadRequest(f"give exactly one of {field!r} and 'room'")
+        if field in req:
+            return "peer", self._peer(session, req, field)
+        return "room", self._room(session, req)
+
+    def _take_send_token(self, user: str) -> None:
+        if not self.sends.take(user, self.clock()):
+            raise ChatError("rate_limited", "you are sending too fast; wait a moment")
+
     def _send_message(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
         sender: str = session.username  # type: ignore[assignment]
-        to = self._peer(session, req, "to")
+        kind, target = self._target(session, req, "to")
         text = get_str(req, "text", max_len=None)
         cmid = get_str(req, "client_msg_id", max_len=64, required=False)
         if cmid is not None:
@@ -335,15 +379,14 @@ class ChatService(PasswordLogin):
             raise ChatError("empty_text", "message text is empty")
         if len(text) > MAX_TEXT_CHARS:
             raise ChatError("text_too_long", f"messages are limited to {MAX_TEXT_CHARS} characters")
-        if not self.sends.take(sender, self.clock()):
-            raise ChatError("rate_limited", "you are sending too fast; wait a moment")
-        msg: dict[str, Any] = {
-            "id": self._next_id,
-            "from": sender,
-            "to": to,
-            "text": text,
-            "ts": iso_timestamp(self.wall_clock),
-        }
+        self._take_send_token(sender)
+        msg: dict[str, Any] = {"id": self._next_id, "from": sender}
+        if kind == "peer":
+            msg["to"] = target
+        else:
+            msg["room"] = target.name
+        msg["text"] = text
+        msg["ts"] = iso_timestamp(self.wall_clock)
         if cmid is not None:
             msg["client_msg_id"] = cmid
         try:
@@ -353,10 +396,13 @@ class ChatService(PasswordLogin):
             raise ChatError("storage_unavailable", "the server cannot save messages right now")
         self._next_id += 1
         self._index(msg)
-        event = {"type": "message", "message": msg}
-        size = encoded_size(event)
-        self._emit(sender, event, size=size)
-        self._emit(to, event, size=size)
+        if kind == "peer":
+            event = {"type": "message", "message": msg}
+            size = encoded_size(event)
+            self._emit(sender, event, size=size)
+            self._emit(target, event, size=size)
+        else:
+            self._emit_many(target.members, {"type": "message", "message": msg})
         self._maybe_compact()
         return self._after_commit(commit, base, {"message": msg})
 
@@ -386,11 +432,14 @@ class ChatService(PasswordLogin):
             self.history.compact_in_background(self.snapshot)
 
     def _history(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
-        peer = self._peer(session, req, "with")
+        kind, target = self._target(session, req, "with")
         before = get_int(req, "before", required=False)
         limit = get_int(req, "limit", required=False, lo=1, hi=HISTORY_MAX_LIMIT)
         limit = HISTORY_DEFAULT_LIMIT if limit is None else limit
-        conv = self._convs.get(pair_key(session.username, peer))  # type: ignore[arg-type]
+        if kind == "room":
+            conv = target.index
+        else:
+            conv = self._convs.get(pair_key(session.username, target))  # type: ignore[arg-type]
         if conv is None:
             return {"messages": [], "has_more": False}
         end = len(conv.ids) if before is None else bisect_left(conv.ids, before)
@@ -408,31 +457,27 @@ class ChatService(PasswordLogin):
 
     def _read(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         user: str = session.username  # type: ignore[assignment]
-        peer = self._peer(session, req, "with")
+        kind, target = self._target(session, req, "with")
         up_to = get_int(req, "up_to", lo=0)
         # ``echo``: this connection hears of the moved marker too. The gateway
         # asks for it: its browser tabs share one connection and each must learn
-        # of a marker another tab set (docs/protocol.md#our-choices).
+        # of a marker another tab set (docs/protocol.md#core-choices).
         echo = get_bool(req, "echo", required=False)
-        conv = self._convs.get(pair_key(user, peer))
-        newest = conv.ids[-1] if conv else 0
-        peers = self._markers.setdefault(user, {})
-        old = peers.get(peer, 0)
+        if kind == "room":
+            key, newest, table, field = target.name, target.newest, self._room_markers, "room"
+        else:
+            conv = self._convs.get(pair_key(user, target))
+            key, newest, table, field = target, conv.ids[-1] if conv else 0, self._markers, "with"
+        marks = table.setdefault(user, {})
+        old = marks.get(key, 0)
         new = max(old, min(up_to, newest))
-        if new != old:
-            try:
-                commit = self.history.append(
-                    {"op": "read", "user": user, "with": peer, "up_to": new}
-                )
-            except StorageUnavailable as exc:
-                log.error("read refused: %s", exc)
-                raise ChatError("storage_unavailable", "the server cannot save read markers now")
-            peers[peer] = new
-            self._maybe_compact()
-            event = {"type": "read", "with": peer, "up_to": new}
-            self._emit(user, event, skip=0 if echo else session.id)
-            return self._after_commit(commit, base, {"up_to": new})
-        return {"up_to": new}
+        if new == old:
+            return {"up_to": new}
+        commit = self._write({"op": "read", "user": user, field: key, "up_to": new})
+        marks[key] = new
+        self._maybe_compact()
+        self._emit(user, {"type": "read", field: key, "up_to": new}, skip=0 if echo else session.id)
+        return self._after_commit(commit, base, {"up_to": new})
 
     # -- polling ----------------------------------------------------------------------
     def _poll(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
@@ -513,6 +558,12 @@ class ChatService(PasswordLogin):
         "history": _history,
         "read": _read,
         "poll": _poll,
+        "rooms": RoomRules._rooms_purpose,
+        "create_room": RoomRules._create_room,
+        "join_room": RoomRules._join_room,
+        "leave_room": RoomRules._leave_room,
+        "add_member": RoomRules._add_member,
+        "room_members": RoomRules._room_members,
     }
 
     # -- lifecycle ----------------------------------------------------------------------

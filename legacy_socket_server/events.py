@@ -16,6 +16,8 @@ import json
 from bisect import bisect_right
 from typing import Any
 
+from .protocol import PreEncoded
+
 #: Events kept per user. A client that falls further behind than this (e.g.
 #: a laptop asleep for hours while its peers chatted) gets ``reset`` and
 #: reloads from history, which holds everything anyway.
@@ -23,6 +25,8 @@ LOG_KEEP = 2000
 
 
 def encoded_size(obj: Any) -> int:
+    if type(obj) is PreEncoded:
+        return len(obj.json)
     return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
 
 

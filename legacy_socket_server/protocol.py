@@ -61,13 +61,40 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+class PreEncoded(dict):  # type: ignore[type-arg]
+    """A JSON object that carries its own encoding, made once.
+
+    An event that many clients receive (a room message) is encoded when it
+    is made; a reply whose ``events`` are all ``PreEncoded`` is written by
+    splicing their bytes, so the event is never encoded again per recipient.
+    """
+
+    __slots__ = ("json",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__(fields)
+        self.json: bytes = _ENCODER.encode(fields).encode("utf-8")
+
+
+_EMPTY_EVENTS_END = b'"events":[]}'
+
+
+def _encode_data(obj: dict[str, Any]) -> bytes:
+    events = obj.get("events")
+    if events and type(events) is list and all(type(e) is PreEncoded for e in events):
+        head = _ENCODER.encode({**obj, "events": []}).encode("utf-8")
+        if head.endswith(_EMPTY_EVENTS_END):  # "events" is the last field
+            return b"%s%s]}" % (head[:-2], b",".join(e.json for e in events))
+    return _ENCODER.encode(obj).encode("utf-8")
+
+
 def encode(obj: dict[str, Any], max_bytes: int | None = None) -> bytes:
     """Serialise one object as a packet.
 
     Raises ``ValueError`` if the DATA would exceed ``max_bytes`` or the object
     holds something JSON cannot carry (NaN, a lone surrogate).
     """
-    data = _ENCODER.encode(obj).encode("utf-8")
+    data = _encode_data(obj)
     if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"packet of {len(data)} bytes exceeds the {max_bytes}-byte limit")
     return b"$%d%s$" % (len(data), data)

@@ -57,6 +57,13 @@ class HistoryState:
     markers: dict[str, dict[str, int]] = field(default_factory=dict)
     next_id: int = 1
     boot: int = 1
+    #: Rooms by name: ``{"private": bool, "members": set of names}``.
+    rooms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Read markers in rooms: user -> room -> message id.
+    room_markers: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Users whose room memberships the core has set up (a new user joins
+    #: ``general`` once; one who left it later is not put back).
+    enrolled: set[str] = field(default_factory=set)
 
 
 def _snapshot_chunks(state: HistoryState) -> Iterator[str]:
@@ -67,6 +74,13 @@ def _snapshot_chunks(state: HistoryState) -> Iterator[str]:
         state.next_id,
         state.boot,
     )
+    rooms = {
+        name: {"private": room["private"], "members": sorted(room["members"])}
+        for name, room in sorted(state.rooms.items())
+    }
+    yield ' "rooms": %s,\n' % json.dumps(rooms, ensure_ascii=False)
+    yield ' "room_markers": %s,\n' % json.dumps(state.room_markers, ensure_ascii=False)
+    yield ' "enrolled": %s,\n' % json.dumps(sorted(state.enrolled), ensure_ascii=False)
     yield ' "read_markers": %s,\n "messages": [' % json.dumps(state.markers, ensure_ascii=False)
     sep = "\n  "
     for msg in state.messages:
@@ -74,6 +88,21 @@ def _snapshot_chunks(state: HistoryState) -> Iterator[str]:
         yield json.dumps(msg, ensure_ascii=False)
         sep = ",\n  "
     yield "\n ]}\n"
+
+
+def apply_membership(state: HistoryState, rec: dict[str, Any]) -> None:
+    """A ``member`` record: someone joined (with their read marker) or left a room."""
+    room = state.rooms.get(rec["room"])
+    if room is None:
+        return
+    user = rec["user"]
+    state.enrolled.add(user)
+    if rec["joined"]:
+        room["members"].add(user)
+        marks = state.room_markers.setdefault(user, {})
+        marks[rec["room"]] = max(marks.get(rec["room"], 0), rec.get("marker", 0))
+    else:
+        room["members"].discard(user)
 
 
 def write_snapshot(path: Path, state: HistoryState) -> int:
@@ -100,10 +129,22 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_message(m: Any) -> bool:
+    """A direct message (``to``) or a room message (``room``)."""
     return (
         isinstance(m, dict)
         and _is_int(m.get("id"))
-        and all(isinstance(m.get(k), str) for k in ("from", "to", "text"))
+        and all(isinstance(m.get(k), str) for k in ("from", "text"))
+        and isinstance(m.get("room") if "room" in m else m.get("to"), str)
+    )
+
+
+def _is_rooms(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(r, dict)
+        and isinstance(r.get("private"), bool)
+        and isinstance(r.get("members"), list)
+        and all(isinstance(m, str) for m in r["members"])
+        for r in v.values()
     )
 
 
@@ -121,8 +162,17 @@ def _is_record(rec: dict[str, Any]) -> bool:
     if op == "read":
         return (
             isinstance(rec.get("user"), str)
-            and isinstance(rec.get("with"), str)
+            and isinstance(rec.get("room") if "room" in rec else rec.get("with"), str)
             and _is_int(rec.get("up_to"))
+        )
+    if op == "room":
+        return isinstance(rec.get("room"), str) and isinstance(rec.get("private"), bool)
+    if op == "member":
+        return (
+            isinstance(rec.get("room"), str)
+            and isinstance(rec.get("user"), str)
+            and isinstance(rec.get("joined"), bool)
+            and _is_int(rec.get("marker", 0))
         )
     if op == "boot":
         return _is_int(rec.get("boot"))
@@ -171,6 +221,12 @@ class HistoryStore:
             self._check_snapshot(raw)
             state.messages = raw["messages"]
             state.markers = raw.get("read_markers", {})
+            state.rooms = {
+                name: {"private": r["private"], "members": set(r["members"])}
+                for name, r in raw.get("rooms", {}).items()
+            }
+            state.room_markers = raw.get("room_markers", {})
+            state.enrolled = set(raw.get("enrolled", []))
             state.next_id = int(raw.get("next_id", 1))
             state.boot = int(raw.get("boot", 0)) + 1  # replay may raise it further
             self._snapshot_size = self.snapshot_path.stat().st_size
@@ -193,6 +249,9 @@ class HistoryStore:
             not isinstance(raw, dict)
             or not isinstance(raw.get("messages"), list)
             or not _is_markers(raw.get("read_markers", {}))
+            or not _is_markers(raw.get("room_markers", {}))
+            or not _is_rooms(raw.get("rooms", {}))
+            or not isinstance(raw.get("enrolled", []), list)
             or not all(_is_int(raw.get(k, 1)) for k in ("next_id", "boot"))
         ):
             raise StoreError(
@@ -203,11 +262,18 @@ class HistoryStore:
         for i, m in enumerate(raw["messages"]):
             if not _is_message(m) or m["id"] <= prev:
                 raise StoreError(
-                    f"{where}: message #{i + 1} (line {i + 4}) is not a message (from, to, "
+                    f"{where}: message #{i + 1} (line {self._message_line(i)}) is not a "
+                    "message (from, to or room, "
                     "text) with an increasing integer id — fix or restore the file; it was "
                     "not modified"
                 )
             prev = m["id"]
+
+    def _message_line(self, i: int) -> int:
+        """The line of message ``i`` in the snapshot as we write it (one message a line)."""
+        lines = self.snapshot_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        start = next((n for n, text in enumerate(lines, 1) if '"messages"' in text), 0)
+        return start + 1 + i
 
     def _replay(self, path: Path, state: HistoryState, last_id: int, *, active: bool) -> int:
         try:
@@ -253,8 +319,14 @@ class HistoryStore:
                     state.messages.append(msg)
                     last_id = msg["id"]
             elif op == "read":
-                peers = state.markers.setdefault(rec["user"], {})
-                peers[rec["with"]] = max(peers.get(rec["with"], 0), rec["up_to"])
+                table = state.room_markers if "room" in rec else state.markers
+                key = rec["room"] if "room" in rec else rec["with"]
+                marks = table.setdefault(rec["user"], {})
+                marks[key] = max(marks.get(key, 0), rec["up_to"])
+            elif op == "room":
+                state.rooms.setdefault(rec["room"], {"private": rec["private"], "members": set()})
+            elif op == "member":
+                apply_membership(state, rec)
             elif op == "boot":
                 state.boot = max(state.boot, rec["boot"] + 1)
         return last_id

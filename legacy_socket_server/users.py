@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -62,6 +63,9 @@ class UserStore:
     def __init__(self, data_dir: Path, *, create_demo: bool = True) -> None:
         self.path = Path(data_dir) / USERS_FILE
         self._hashes: dict[str, str] = {}
+        self._lower: dict[str, str] = {}
+        #: Called after the file changed and was re-read (the core enrolls new users).
+        self.on_change: Callable[[], None] | None = None
         # (inode, size, mtime): mtimes alone are too coarse (a few ms on Linux), but
         # every write is an atomic rename, so a new file always has a new inode.
         self._stamp: tuple[int, int, int] | None = None
@@ -119,6 +123,7 @@ class UserStore:
             log.warning("%s had plaintext passwords: hashed them with argon2id", self.path)
             st = self.path.stat()
         self._hashes = hashes
+        self._lower = {n.lower(): n for n in sorted(hashes, reverse=True)}
         self._stamp = _stamp(st)
 
     def refresh(self) -> bool:
@@ -136,6 +141,8 @@ class UserStore:
             log.error("ignoring the new %s: %s", self.path.name, exc)
             self._stamp = stamp
             return False
+        if self.on_change is not None:
+            self.on_change()
         return True
 
     # -- queries ------------------------------------------------------------
@@ -144,6 +151,10 @@ class UserStore:
 
     def exists(self, name: str) -> bool:
         return name in self._hashes
+
+    def by_lower(self, lowered: str) -> str | None:
+        """The user whose name, lowercased, is ``lowered`` (mentions ignore case)."""
+        return self._lower.get(lowered)
 
     def fingerprint(self, name: str) -> str | None:
         h = self._hashes.get(name)
