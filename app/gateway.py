@@ -255,7 +255,8 @@ class Gateway:
         log.info(
             "browser session of %s started (%d sessions)", session.username, len(self.sessions)
         )
-        return session, {"username": reply["username"], "users": reply["users"], "cursor": position}
+        fields = {"username": name, "users": reply["users"], "rooms": reply.get("rooms", [])}
+        return session, {**fields, "cursor": position}
 
     async def end(self, session: BrowserSession) -> None:
         """Log out of the core (``exit`` ends the token) and forget the session."""
@@ -292,7 +293,17 @@ class Gateway:
         return await session.client.call(purpose, **fields)
 
     async def users(self, session: BrowserSession) -> dict[str, Any]:
-        """The core's user list, with ``cursor`` the buffer position it is exact at.
+        """The core's user list, with ``cursor`` the buffer position it is exact at."""
+        reply, head = await self.listing(session, "users")
+        return {"users": reply["users"], "cursor": head}
+
+    async def rooms(self, session: BrowserSession) -> dict[str, Any]:
+        """The rooms this user sees, with ``cursor`` the buffer position it is exact at."""
+        reply, head = await self.listing(session, "rooms")
+        return {"rooms": reply["rooms"], "cursor": head}
+
+    async def listing(self, session: BrowserSession, purpose: str) -> tuple[dict[str, Any], int]:
+        """A list request (``users``, ``rooms``) and the buffer position its counts hold at.
 
         The list reflects every event up to the core cursor in its reply. A
         poll is open at the core whenever this is sent (the stream re-polls as
@@ -311,15 +322,15 @@ class Gateway:
                 raise CoreUnavailable("reconnecting to the core")
             before = session.poll_replies
             reply, (head, replies) = await session.client.request_stamped(
-                "users", lambda: (session.buffer.head, session.poll_replies)
+                purpose, lambda: (session.buffer.head, session.poll_replies)
             )
             if not reply.get("ok"):
                 raise CoreError(reply)
             if replies == before:
                 break
         else:
-            log.info("user list of %s paired approximately (busy stream)", session.username)
-        return {"users": reply["users"], "cursor": head}
+            log.info("%s list of %s paired approximately (busy)", purpose, session.username)
+        return reply, head
 
     async def poll(self, session: BrowserSession, cursor: int | None, wait_s: float) -> Poll:
         """Answer a browser poll from the buffer, waiting up to ``wait_s`` for news."""

@@ -40,6 +40,10 @@ STATUS = {
     "bad_request": 400,
     "empty_text": 400,
     "unknown_user": 400,
+    "invalid_name": 400,
+    "not_a_member": 403,
+    "unknown_room": 404,
+    "room_exists": 409,
     "not_logged_in": 401,
     "invalid_credentials": 401,
     "invalid_token": 401,
@@ -291,14 +295,14 @@ async def api_poll(request: web.Request) -> web.StreamResponse:
 async def api_send(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
     body = await json_body(request)
-    fields = pick(body, "to", "text", "client_msg_id")
+    fields = pick(body, "to", "room", "text", "client_msg_id")
     reply = await request.app[GATEWAY_KEY].call(session, "send_message", **fields)
     return api_json({"message": reply["message"]})
 
 
 async def api_history(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
-    fields: dict[str, Any] = pick(dict(request.query), "with")
+    fields: dict[str, Any] = pick(dict(request.query), "with", "room")
     for name in ("before", "limit"):
         value = query_int(request, name, lo=-(2**53))
         if value is not None:
@@ -310,8 +314,53 @@ async def api_history(request: web.Request) -> web.StreamResponse:
 async def api_read(request: web.Request) -> web.StreamResponse:
     session = session_of(request)
     body = await json_body(request)
-    await request.app[GATEWAY_KEY].call(session, "read", **pick(body, "with", "up_to"))
+    await request.app[GATEWAY_KEY].call(session, "read", **pick(body, "with", "room", "up_to"))
     return web.Response(status=204)
+
+
+# -- rooms (docs/protocol.md#rooms) ------------------------------------------------------------
+async def api_rooms(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    # Like the user list: ``cursor`` is the poll position its counts hold at.
+    return api_json(await request.app[GATEWAY_KEY].rooms(session))
+
+
+async def api_create_room(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    body = await json_body(request)
+    fields = pick(body, "room", "private", "members")
+    reply = await request.app[GATEWAY_KEY].call(session, "create_room", **fields)
+    return web.json_response({"room": reply["room"]}, status=201, headers=NO_STORE)
+
+
+async def api_join_room(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    await json_body(request)
+    room = request.match_info["name"]
+    reply = await request.app[GATEWAY_KEY].call(session, "join_room", room=room)
+    return api_json({"room": reply["room"]})
+
+
+async def api_leave_room(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    await json_body(request)
+    await request.app[GATEWAY_KEY].call(session, "leave_room", room=request.match_info["name"])
+    return web.Response(status=204)
+
+
+async def api_add_member(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    body = await json_body(request)
+    fields = {"room": request.match_info["name"], **pick(body, "username")}
+    await request.app[GATEWAY_KEY].call(session, "add_member", **fields)
+    return web.Response(status=204)
+
+
+async def api_room_members(request: web.Request) -> web.StreamResponse:
+    session = session_of(request)
+    room = request.match_info["name"]
+    reply = await request.app[GATEWAY_KEY].call(session, "room_members", room=room)
+    return api_json({"members": reply["members"]})
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -331,6 +380,12 @@ def _routes(app: web.Application) -> None:
     app.router.add_post("/api/messages", api_send)
     app.router.add_get("/api/history", api_history)
     app.router.add_post("/api/read", api_read)
+    app.router.add_get("/api/rooms", api_rooms)
+    app.router.add_post("/api/rooms", api_create_room)
+    app.router.add_post("/api/rooms/{name}/join", api_join_room)
+    app.router.add_post("/api/rooms/{name}/leave", api_leave_room)
+    app.router.add_post("/api/rooms/{name}/members", api_add_member)
+    app.router.add_get("/api/rooms/{name}/members", api_room_members)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", HERE / "static", name="static")
 
