@@ -25,6 +25,7 @@ The shape of Redis' append-only file (docs/architecture.md#storage):
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
 JOURNAL_FILE = "history.journal"
+
 FORMAT_VERSION = 1
 
 #: Compact once the journal exceeds the snapshot's size (Redis'
@@ -202,6 +204,7 @@ class HistoryStore:
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._child: tuple[int, list[Path]] | None = None
         self._next_segment = 0
+        self._lock_fd: int | None = None
 
     # -- loading ------------------------------------------------------------
     def _segments(self) -> list[Path]:
@@ -212,9 +215,30 @@ class HistoryStore:
                 segs.append((int(suffix), p))
         return [p for _, p in sorted(segs)]
 
-    def load(self) -> HistoryState:
-        """Read snapshot + journal; open the journal for appending."""
+    def lock(self) -> None:
+        """Take the data directory; raise :class:`StoreError` if another process has it."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        # The directory itself is locked (flock on its descriptor): no lock file
+        # to leave behind, and the lock dies with the process that holds it.
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"{self.dir} is in use by a running core; stop it first, or use a chat client"
+            ) from None
+        self._lock_fd = fd
+
+    def peek(self) -> HistoryState:
+        """Read snapshot + journal without writing anything (a running core may own them)."""
+        state = self._read_snapshot()
+        last_id = state.messages[-1]["id"] if state.messages else 0
+        for path in [*self._segments(), self.journal_path]:
+            last_id = self._replay(path, state, last_id, active=False)
+        return state
+
+    def _read_snapshot(self) -> HistoryState:
         state = HistoryState()
         if self.snapshot_path.exists():
             raw = load_json_file(self.snapshot_path)
@@ -230,6 +254,20 @@ class HistoryStore:
             state.next_id = int(raw.get("next_id", 1))
             state.boot = int(raw.get("boot", 0)) + 1  # replay may raise it further
             self._snapshot_size = self.snapshot_path.stat().st_size
+        return state
+
+    def load(self) -> HistoryState:
+        """Take the directory, read snapshot + journal, open the journal for appending."""
+        if self._lock_fd is None:
+            self.lock()
+        try:
+            return self._load()
+        except BaseException:
+            self.close()  # refused: let go of the directory
+            raise
+
+    def _load(self) -> HistoryState:
+        state = self._read_snapshot()
         last_id = state.messages[-1]["id"] if state.messages else 0
         segments = self._segments()
         self._next_segment = int(segments[-1].name.rsplit(".", 1)[1]) + 1 if segments else 1
@@ -279,6 +317,8 @@ class HistoryStore:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
+            return last_id
+        if not data:  # emptied by a clean shutdown's compaction
             return last_id
         complete = data.endswith(b"\n")
         lines = data.split(b"\n")
@@ -482,3 +522,6 @@ class HistoryStore:
             finally:
                 os.close(self._fd)
                 self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
