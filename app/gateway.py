@@ -53,6 +53,8 @@ BACKOFF_MAX = 2.0
 HEALTH_TIMEOUT = 2.0
 #: Session ids carry 256 bits; the protocol asks for at least 128.
 SESSION_ID_BYTES = 32
+#: Room messages whose encoding is kept for the sessions still to receive them.
+ROOM_MESSAGES_SHARED = 256
 #: Tries at pairing a user list with a buffer position before taking the
 #: nearest one (each try that fails means a poll reply crossed the request).
 USERS_PAIRING_TRIES = 5
@@ -126,7 +128,8 @@ class Gateway:
         self._probe: CoreClient | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.closing = False
-        self._presence_events: dict[tuple[Any, Any], bytes] = {}
+        self._presence_events: dict[tuple[Any, ...], bytes] = {}
+        self._room_messages: dict[tuple[Any, ...], bytes] = {}
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -391,17 +394,26 @@ class Gateway:
             stream = resumed
 
     def _shared(self, event: dict[str, Any]) -> bytes:
-        """``event`` encoded; one object for equal presence events across all sessions.
+        """``event`` encoded; one object for equal events across all sessions.
 
-        A wave of N logins puts N presence events in each of N session buffers;
-        sharing them turns N^2 encodings (and objects) into 2 per user.
+        A wave of N logins puts N presence events in each of N session buffers,
+        and a message to a room of N browser users reaches N sessions: sharing
+        the encoding turns N copies into one (per presence state, per message).
         """
-        if event.get("type") != "presence":
+        kind = event.get("type")
+        if kind == "presence":
+            key: tuple[Any, ...] = (event.get("username"), event.get("online"))
+            table = self._presence_events
+        elif kind == "message" and "room" in event.get("message", ()):
+            key = (event["message"].get("id"),)
+            table = self._room_messages
+        else:
             return encode_event(event)
-        key = (event.get("username"), event.get("online"))
-        encoded = self._presence_events.get(key)
+        encoded = table.get(key)
         if encoded is None:
-            encoded = self._presence_events[key] = encode_event(event)
+            encoded = table[key] = encode_event(event)
+            if table is self._room_messages and len(table) > ROOM_MESSAGES_SHARED:
+                del table[next(iter(table))]  # the oldest: every session has it by now
         return encoded
 
     async def _reconnect(self, session: BrowserSession) -> asyncio.Future[None] | None:
