@@ -8,14 +8,17 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from core_helpers import FakeClock, make_service, seed_users
+from desktop_helpers import Peer
 from waiting import wait_for
 
 from legacy_socket_server.chat import ChatService
+from legacy_socket_server.server import CoreServer, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_USERS = {"Alice": "123", "Bob": "456", "Charlie": "789"}
@@ -117,6 +120,47 @@ def core_proc(tmp_path: Path) -> Iterator[CoreProcess]:
     core.stop()
 
 
+@pytest.fixture
+def bob_peer(core_proc: CoreProcess) -> Iterator[Peer]:
+    """Bob logged in to ``core_proc`` on a plain blocking socket."""
+    peer = Peer(core_proc.host, core_proc.port)
+    peer.login("Bob", DEMO_USERS["Bob"])
+    yield peer
+    peer.close()
+
+
+# -- in-process cores (CoreServer on this test's loop) ---------------------------------------
+StartCore = Callable[..., Awaitable[CoreServer]]
+
+
+@pytest.fixture
+async def start_core(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[StartCore]:
+    """Start in-process cores on port 0 with the demo users: ``await start_core(data=None,
+    **ServerConfig overrides)``. Each gets a fresh data dir unless ``data`` is given (the
+    same dir again is a restart). Those still running at the end are stopped."""
+    servers: list[CoreServer] = []
+
+    async def start(data: Path | None = None, **overrides: Any) -> CoreServer:
+        data = data or tmp_path / f"data{len(servers)}"
+        seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+        server = await CoreServer.start(ServerConfig(port=0, data_dir=data, **overrides))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if not server.service.closing:  # a test may have stopped it (a restart)
+            await server.stop()
+
+
+@pytest.fixture
+async def core(start_core: StartCore) -> CoreServer:
+    """One in-process core with default settings."""
+    return await start_core()
+
+
 # -- ChatService fixtures (tests/test_service*.py): a real service, no sockets ----------------
 @pytest.fixture
 def data_dir(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -131,8 +175,27 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+StartService = Callable[..., ChatService]
+
+
 @pytest.fixture
-async def svc(data_dir: Path, clock: FakeClock) -> AsyncIterator[ChatService]:
-    s = make_service(data_dir, clock=clock.monotonic)
-    yield s
-    s.close()
+async def start_svc(data_dir: Path, clock: FakeClock) -> AsyncIterator[StartService]:
+    """Services on ``data_dir`` (``make_service`` keywords; the ``clock`` fixture's clock
+    unless given). Closing one and starting another is a clean restart; those still
+    open at the end are closed."""
+    services: list[ChatService] = []
+
+    def start(**kwargs: Any) -> ChatService:
+        kwargs.setdefault("clock", clock.monotonic)
+        services.append(make_service(data_dir, **kwargs))
+        return services[-1]
+
+    yield start
+    for s in services:
+        if not s.closing:
+            s.close()
+
+
+@pytest.fixture
+async def svc(start_svc: StartService) -> ChatService:
+    return start_svc()

@@ -8,13 +8,18 @@ exactly as any other program would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from legacy_socket_server import store as store_module
 from legacy_socket_server.chat import ChatService, Session
 from legacy_socket_server.limits import HashGate
 from legacy_socket_server.protocol import FrameDecoder, ProtocolError, encode
@@ -95,6 +100,14 @@ class Client:
     def poll_events(self, **fields: Any) -> list[dict[str, Any]]:
         return self.ok("poll", **fields)["events"]
 
+    def poll_to_the_end(self, cursor: int, **fields: Any) -> list[dict[str, Any]]:
+        """Poll on from ``cursor`` until a reply has no events; all the replies, that one too."""
+        replies = [self.ok("poll", cursor=cursor, **fields)]
+        while replies[-1]["events"]:
+            assert len(replies) < 1000, "polling never reached the end"
+            replies.append(self.ok("poll", cursor=replies[-1]["cursor"], **fields))
+        return replies
+
     def send(self, to: str, text: str, **fields: Any) -> dict[str, Any]:
         return self.ok("send_message", to=to, text=text, **fields)["message"]
 
@@ -114,6 +127,12 @@ class RawClient:
     async def connect(cls, host: str, port: int) -> RawClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
         return cls(reader, writer)
+
+    @classmethod
+    async def to(cls, core: Any) -> RawClient:
+        """Connect to ``core``: an in-process ``CoreServer`` or a ``CoreProcess``."""
+        host = core.config.host if hasattr(core, "config") else core.host
+        return await cls.connect(host, core.port)
 
     async def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
@@ -193,6 +212,45 @@ class RawClient:
             pass
 
 
+async def whole_history(client: Any, peer: str) -> list[dict[str, Any]]:
+    """The whole conversation with ``peer``, oldest first, paging back with ``before``.
+
+    ``client`` is anything with ``call(purpose, **fields)``: a RawClient or a CoreClient.
+    """
+    out: list[dict[str, Any]] = []
+    before: int | None = None
+    while True:
+        fields: dict[str, Any] = {"with": peer, "limit": 200}
+        if before is not None:
+            fields["before"] = before
+        page = await client.call("history", **fields)
+        out[:0] = page["messages"]
+        if not page["has_more"]:
+            return out
+        before = page["messages"][0]["id"]
+
+
+@contextlib.contextmanager
+def failing_writes(path: Path, err: int) -> Iterator[None]:
+    """Every ``os.write`` to the file now at ``path`` fails with ``err`` (a full or
+    read-only disk, a dead descriptor); writes to anything else go through."""
+    target = os.stat(path)
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        try:
+            ours = os.path.samestat(os.fstat(fd), target)
+        except OSError:
+            ours = False
+        if ours:
+            raise OSError(err, os.strerror(err))
+        return real_write(fd, data)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_module.os, "write", write)
+        yield
+
+
 async def gather_limited(coros: list[Awaitable[Any]], limit: int = 50) -> list[Any]:
     sem = asyncio.Semaphore(limit)
 
@@ -211,9 +269,3 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
-
-
-def restart(svc: ChatService, data_dir: Path, **kwargs: Any) -> ChatService:
-    """Close ``svc`` and start a new service on the same data (a clean restart)."""
-    svc.close()
-    return make_service(data_dir, **kwargs)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from conftest import wait_for
+from waiting import wait_for
 
 from legacy_socket_server.desktop.model import ChatClient
 from legacy_socket_server.protocol import FrameDecoder, ProtocolError, encode

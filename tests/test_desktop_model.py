@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-from conftest import wait_for
 from desktop_helpers import Peer, drive, logged_in, unread_on_server
+from waiting import wait_for
 
 from legacy_socket_server.desktop import model as model_mod
 from legacy_socket_server.desktop.conversation import Conversation
 from legacy_socket_server.desktop.model import ChatClient
+from legacy_socket_server.users import UserStore
 
 
-@pytest.fixture
-def bob(core_proc):
-    peer = Peer(core_proc.host, core_proc.port)
-    peer.login("Bob", "456")
-    yield peer
-    peer.close()
-
-
-def test_login_lists_other_users_online_first(core_proc, bob) -> None:
+def test_login_lists_other_users_online_first(core_proc, bob_peer) -> None:
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
     assert alice.username == "Alice"
     assert [(u.username, u.online) for u in alice.sorted_users()] == [
@@ -50,10 +42,10 @@ def test_unreachable_server_is_reported_without_blocking() -> None:
     assert f"127.0.0.1:{port}" in client.error
 
 
-def test_send_receive_unread_and_read_marking(core_proc, bob) -> None:
+def test_send_receive_unread_and_read_marking(core_proc, bob_peer) -> None:
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
     # Bob writes while Alice has no conversation open: unread rises and rings.
-    bob.send("Alice", "hi Alice 👋")
+    bob_peer.send("Alice", "hi Alice 👋")
     changes: set[str] = set()
 
     def unread_seen() -> bool:
@@ -68,22 +60,22 @@ def test_send_receive_unread_and_read_marking(core_proc, bob) -> None:
     drive(alice, lambda: alice.messages and not alice.conv.loading, what="history")
     assert [m["text"] for m in alice.messages] == ["hi Alice 👋"]
     assert alice.users["Bob"].unread == 0
-    wait_for(lambda: bob.user("Alice")["online"], what="presence")
-    # The read marker reached the server: Alice's own unread count from Bob is 0.
-    drive(alice, lambda: True)
-    wait_for(lambda: _unread_on_server(core_proc, "Alice", "Bob") == 0, what="read marker")
+    wait_for(lambda: bob_peer.user("Alice")["online"], what="presence")
+    # The read marker reaches the server (the model keeps ticking meanwhile): Alice's
+    # own unread count from Bob, as the core tells a fresh session, drops to 0.
+    drive(alice, lambda: _unread_on_server(core_proc, "Alice", "Bob") == 0, what="read marker")
 
     # A message into the open conversation appears at once and stays read.
-    bob.send("Alice", "مرحبا — ça va?")
+    bob_peer.send("Alice", "مرحبا — ça va?")
     drive(alice, lambda: len(alice.messages) == 2, what="live message")
     assert alice.users["Bob"].unread == 0
-    wait_for(lambda: _unread_on_server(core_proc, "Alice", "Bob") == 0, what="read marker")
+    drive(alice, lambda: _unread_on_server(core_proc, "Alice", "Bob") == 0, what="read marker")
 
     # Alice answers; empty text is refused locally and sends nothing.
     assert alice.send("   \n") is False
     assert alice.send("fine, thanks ✓") is True
     drive(alice, lambda: alice.pending_count == 0, what="send ack")
-    texts = [m["text"] for m in bob.history("Alice")]
+    texts = [m["text"] for m in bob_peer.history("Alice")]
     assert texts == ["hi Alice 👋", "مرحبا — ça va?", "fine, thanks ✓"]
     assert alice.messages[-1]["from"] == "Alice"
 
@@ -105,10 +97,10 @@ def test_presence_changes_show_live(core_proc) -> None:
     drive(alice, lambda: not alice.users["Charlie"].online, what="Charlie offline")
 
 
-def test_history_pages_load_older_on_request(core_proc, bob, monkeypatch) -> None:
+def test_history_pages_load_older_on_request(core_proc, bob_peer, monkeypatch) -> None:
     monkeypatch.setattr(model_mod, "HISTORY_PAGE", 20)
     for i in range(45):
-        bob.send("Alice", f"m{i}")
+        bob_peer.send("Alice", f"m{i}")
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
     assert alice.users["Bob"].unread == 45
     alice.open_conversation("Bob")
@@ -125,7 +117,7 @@ def test_history_pages_load_older_on_request(core_proc, bob, monkeypatch) -> Non
     assert not alice.load_older()
 
 
-def test_reconnect_after_core_restart_no_double_and_draft_kept(core_proc, bob) -> None:
+def test_reconnect_after_core_restart_no_double_and_draft_kept(core_proc, bob_peer) -> None:
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
     alice.open_conversation("Bob")
     drive(alice, lambda: not alice.conv.loading, what="history")
@@ -135,11 +127,11 @@ def test_reconnect_after_core_restart_no_double_and_draft_kept(core_proc, bob) -
     # the reply: the retry after reconnecting must not double it (client_msg_id).
     assert alice.send("sent as the core died")
     wait_for(
-        lambda: any(m["text"] == "sent as the core died" for m in bob.history("Alice")),
+        lambda: any(m["text"] == "sent as the core died" for m in bob_peer.history("Alice")),
         what="the core to store the message",
     )
     assert alice.pending_count == 1  # Alice has not seen the reply: no tick yet
-    bob.close()
+    bob_peer.close()
     core_proc.kill()
     drive(alice, lambda: alice.phase == "reconnecting", what="reconnecting")
     assert alice.error == "reconnecting…"
@@ -165,36 +157,38 @@ def test_reconnect_after_core_restart_no_double_and_draft_kept(core_proc, bob) -
 
 def test_refused_resume_returns_to_login(core_proc) -> None:
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
-    # Another session of Alice exits with the same token? No: tokens are per login.
-    # Ending this one's token server-side: exit on a connection that resumed with it.
-    other = Peer(core_proc.host, core_proc.port)
-    other.call("resume", token=alice._token)
-    other.call("exit")
-    other.close()
-    alice._conn.close()  # drop the link; the next resume must be refused
-    drive(alice, lambda: alice.phase == "logged_out", timeout=15, what="login form")
+    # The password changes (what the users CLI does), which ends Alice's token; then
+    # the core restarts, so the model loses its link and its resume is refused.
+    UserStore(core_proc.data_dir).set_password("Alice", "a new secret")
+    core_proc.kill()
+    drive(alice, lambda: alice.phase == "reconnecting", what="reconnecting")
+    core_proc.start()
+    drive(alice, lambda: alice.phase == "logged_out", timeout=30, what="login form")
     assert "log in again" in alice.error
     assert alice.login_name == "Alice"
+    # The form works with the new password.
+    alice.login("Alice", "a new secret")
+    drive(alice, lambda: alice.phase == "ready", what="login with the new password")
 
 
-def test_ten_thousand_character_message_round_trips(core_proc, bob) -> None:
+def test_ten_thousand_character_message_round_trips(core_proc, bob_peer) -> None:
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
     alice.open_conversation("Bob")
     drive(alice, lambda: not alice.conv.loading)
     text = ("é🙂ש" * 3334)[:10_000]
     assert alice.send(text)
     drive(alice, lambda: alice.pending_count == 0, what="long send")
-    assert bob.history("Alice")[-1]["text"] == text
+    assert bob_peer.history("Alice")[-1]["text"] == text
     assert not alice.send(text + "x")  # over the limit: refused before sending
     assert "10,000" in alice.error
 
 
-def test_exit_takes_the_user_offline(core_proc, bob) -> None:
+def test_exit_takes_the_user_offline(core_proc, bob_peer) -> None:
     alice = logged_in(core_proc.host, core_proc.port, "Alice", "123")
-    wait_for(lambda: bob.online("Alice"), what="Alice online")
+    wait_for(lambda: bob_peer.online("Alice"), what="Alice online")
     alice.close()
     assert alice.phase == "closed"
-    wait_for(lambda: not bob.online("Alice"), what="Alice offline")
+    wait_for(lambda: not bob_peer.online("Alice"), what="Alice offline")
 
 
 def test_conversation_merges_by_id() -> None:

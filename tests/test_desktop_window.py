@@ -16,14 +16,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, CoreProcess, require_tool, wait_for
+from conftest import ROOT, CoreProcess, require_tool
 from desktop_helpers import Peer, close_window, unread_on_server
+from waiting import wait_for
 
 SCREEN = "1024x700x24"
 
@@ -145,14 +145,6 @@ class DesktopApp:
 
 
 @pytest.fixture
-def bob(core_proc) -> Iterator[Peer]:
-    peer = Peer(core_proc.host, core_proc.port)
-    peer.login("Bob", "456")
-    yield peer
-    peer.close()
-
-
-@pytest.fixture
 def make_app(xdisplay: str, tmp_path: Path) -> Iterator[Callable[[str, int], DesktopApp]]:
     apps: list[DesktopApp] = []
 
@@ -169,7 +161,7 @@ def _last_text(state: dict[str, Any]) -> str | None:
     return state["messages"][-1]["text"] if state.get("messages") else None
 
 
-def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_path) -> None:
+def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob_peer, make_app, tmp_path) -> None:
     app = make_app(core_proc.host, core_proc.port)
 
     # A wrong password: the server's message shows and the person can try again.
@@ -185,11 +177,11 @@ def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_p
         lambda s: s["screen"] == "chat" and s["focus"] == "users", "the user list focused"
     )
     assert [u["username"] for u in state["users"]] == ["Bob", "Charlie"]  # online first
-    wait_for(lambda: bob.online("Alice"), what="the core to see Alice online")
+    wait_for(lambda: bob_peer.online("Alice"), what="the core to see Alice online")
 
     # A message from Bob raises his unread count and the title's total.
-    bob.send("Alice", "Hi Alice — café ☕, مرحبا, 👋")
-    bob.send("Alice", "Are you joining the demo at three? I saved you a seat.")
+    bob_peer.send("Alice", "Hi Alice — café ☕, مرحبا, 👋")
+    bob_peer.send("Alice", "Are you joining the demo at three? I saved you a seat.")
     state = app.wait_state(lambda s: s["users"][0]["unread"] == 2, "Bob's unread")
     assert state["title"] == "Team Chat — Alice — 2 unread"
     app.screenshot("unread.png")
@@ -207,21 +199,22 @@ def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_p
     app.key("shift+Return")
     app.type("I will bring the slides.")
     app.key("Return")
+    answer = "Yes, see you there!\nI will bring the slides."
     wait_for(
-        lambda: bob.history("Alice")[-1]["text"] == "Yes, see you there!\nI will bring the slides.",
+        lambda: bob_peer.history("Alice")[-1]["text"] == answer,
         what="the core to store Alice's message",
     )
     app.wait_state(lambda s: s["composer"] == "" and s["pending"] == 0, "composer cleared")
     app.key("Return")
 
     # A reply appears at once and is marked read on the server.
-    bob.send("Alice", "Got it, thanks!")
+    bob_peer.send("Alice", "Got it, thanks!")
     app.wait_state(lambda s: _last_text(s) == "Got it, thanks!", "Bob's live reply")
     wait_for(
         lambda: unread_on_server(core_proc.host, core_proc.port, "Alice", "123", "Bob") == 0,
         what="the read marker",
     )
-    texts = [m["text"] for m in bob.history("Alice")]
+    texts = [m["text"] for m in bob_peer.history("Alice")]
     assert texts == [
         "Hi Alice — café ☕, مرحبا, 👋",
         "Are you joining the demo at three? I saved you a seat.",
@@ -234,7 +227,7 @@ def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_p
 
     # A 10,000-character message does not freeze the window.
     long_text = ("lorem ipsum dolor sit amet " * 400)[:10_000]
-    bob.send("Alice", long_text)
+    bob_peer.send("Alice", long_text)
     app.wait_state(lambda s: _last_text(s) == long_text, "the long message")
     app.type("still responsive")
     app.wait_state(lambda s: s["composer"] == "still responsive", "typing after it", timeout=5)
@@ -244,10 +237,10 @@ def test_log_in_chat_and_close_with_the_keyboard(core_proc, bob, make_app, tmp_p
     close_window(app.display, app.window)
     assert app.proc.wait(10) == 0
     assert app.state()["phase"] == "closed"
-    wait_for(lambda: not bob.online("Alice"), what="the core to see Alice offline")
+    wait_for(lambda: not bob_peer.online("Alice"), what="the core to see Alice offline")
 
 
-def test_reconnect_keeps_unsent_text_and_never_doubles(core_proc, bob, make_app) -> None:
+def test_reconnect_keeps_unsent_text_and_never_doubles(core_proc, bob_peer, make_app) -> None:
     app = make_app(core_proc.host, core_proc.port)
     app.log_in("Alice", "123")
     app.wait_state(lambda s: s["screen"] == "chat" and s["focus"] == "users", "chat screen")
@@ -280,11 +273,10 @@ def test_unreachable_server_offers_retry(xdisplay, make_app, tmp_path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = make_app("127.0.0.1", port)
-    started = time.monotonic()
     app.log_in("Alice", "123")
     state = app.wait_state(lambda s: s["phase"] == "unreachable", "the connect failure")
-    assert f"127.0.0.1:{port}" in state["error"]
-    assert time.monotonic() - started < 10
+    # Reported from the refusal itself, not after waiting out a connect timeout.
+    assert f"127.0.0.1:{port}" in state["error"] and "refused" in state["error"]
     app.screenshot("unreachable.png")
 
     core = CoreProcess(tmp_path / "late-core").start(port=port)
@@ -296,9 +288,9 @@ def test_unreachable_server_offers_retry(xdisplay, make_app, tmp_path) -> None:
         core.stop()
 
 
-def test_older_history_loads_when_scrolling_to_the_top(core_proc, bob, make_app) -> None:
+def test_older_history_loads_when_scrolling_to_the_top(core_proc, bob_peer, make_app) -> None:
     for i in range(120):
-        bob.send("Alice", f"message {i:03d}")
+        bob_peer.send("Alice", f"message {i:03d}")
     app = make_app(core_proc.host, core_proc.port)
     app.log_in("Alice", "123")
     app.wait_state(lambda s: s["screen"] == "chat" and s["focus"] == "users", "chat screen")

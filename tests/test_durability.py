@@ -6,24 +6,18 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import ROOT, CoreProcess
-from core_helpers import RawClient, seed_users
+from conftest import ROOT, CoreProcess, StartCore
+from core_helpers import RawClient, seed_users, whole_history
 from waiting import until
 
 from legacy_socket_server.protocol import encode
-from legacy_socket_server.server import CoreServer, ServerConfig
 from legacy_socket_server.store import HistoryStore
 
 
-async def connect(core: CoreProcess) -> RawClient:
-    return await RawClient.connect(core.host, core.port)
-
-
 async def send_many(core: CoreProcess, n: int, sender: str = "Alice", to: str = "Bob") -> list[int]:
-    c = await connect(core)
+    c = await RawClient.to(core)
     await c.login(sender)
     ids = [
         (await c.call("send_message", to=to, text=f"{sender} #{i}"))["message"]["id"]
@@ -34,19 +28,9 @@ async def send_many(core: CoreProcess, n: int, sender: str = "Alice", to: str = 
 
 
 async def history_ids(core: CoreProcess, user: str = "Bob", peer: str = "Alice") -> list[int]:
-    c = await connect(core)
+    c = await RawClient.to(core)
     await c.login(user)
-    ids: list[int] = []
-    before: int | None = None
-    while True:
-        fields: dict[str, Any] = {"with": peer, "limit": 200}
-        if before is not None:
-            fields["before"] = before
-        page = await c.call("history", **fields)
-        ids = [m["id"] for m in page["messages"]] + ids
-        if not page["has_more"]:
-            break
-        before = page["messages"][0]["id"]
+    ids = [m["id"] for m in await whole_history(c, peer)]
     await c.close()
     return ids
 
@@ -64,13 +48,13 @@ def run_core_expecting_failure(data_dir: Path) -> tuple[int, str]:
 
 async def test_sigkill_after_ack_loses_nothing(core_proc: CoreProcess) -> None:
     ids = await send_many(core_proc, 200)
-    b = await connect(core_proc)
+    b = await RawClient.to(core_proc)
     await b.login("Bob")
     await b.call("read", **{"with": "Alice"}, up_to=ids[149])
     core_proc.kill()  # right after the acknowledgements, no flush, no compaction
     core_proc.start()
     assert await history_ids(core_proc) == ids
-    b = await connect(core_proc)
+    b = await RawClient.to(core_proc)
     users = (await b.login("Bob"))["users"]
     assert users[0] == {"username": "Alice", "online": False, "unread": 50}
     # Ids go on from where they were, never reused.
@@ -101,7 +85,7 @@ async def test_torn_journal_tail_is_dropped_with_warning(core_proc: CoreProcess)
 
 async def test_clean_stop_leaves_snapshot_and_empty_journal(core_proc: CoreProcess) -> None:
     ids = await send_many(core_proc, 30)
-    b = await connect(core_proc)
+    b = await RawClient.to(core_proc)
     await b.login("Bob")
     await b.call("read", **{"with": "Alice"}, up_to=ids[9])
     await b.close()
@@ -115,7 +99,7 @@ async def test_clean_stop_leaves_snapshot_and_empty_journal(core_proc: CoreProce
     assert not list(data.glob("history.journal.*"))
     core_proc.start()
     assert await history_ids(core_proc) == ids
-    c = await connect(core_proc)
+    c = await RawClient.to(core_proc)
     assert (await c.login("Bob"))["users"][0]["unread"] == 20
     await c.close()
 
@@ -198,12 +182,12 @@ async def test_ids_never_reused_across_restarts(core_proc: CoreProcess) -> None:
 
 
 async def test_cursor_and_token_across_restart(core_proc: CoreProcess) -> None:
-    c = await connect(core_proc)
+    c = await RawClient.to(core_proc)
     login = await c.login("Alice")
     await c.close()
     core_proc.stop()
     core_proc.start()
-    c = await connect(core_proc)
+    c = await RawClient.to(core_proc)
     r = await c.call("resume", token=login["token"])
     assert r["username"] == "Alice" and r["cursor"] != login["cursor"]
     poll = await c.call("poll", cursor=login["cursor"])
@@ -213,14 +197,14 @@ async def test_cursor_and_token_across_restart(core_proc: CoreProcess) -> None:
 
 async def test_read_markers_persist_across_kill(core_proc: CoreProcess) -> None:
     ids = await send_many(core_proc, 4)
-    b = await connect(core_proc)
+    b = await RawClient.to(core_proc)
     await b.login("Bob")
     await b.call("read", **{"with": "Alice"}, up_to=ids[2])
     await b.call("read", **{"with": "Alice"}, up_to=ids[0])  # backwards: ignored
     await b.close()
     core_proc.kill()
     core_proc.start()
-    b = await connect(core_proc)
+    b = await RawClient.to(core_proc)
     assert (await b.login("Bob"))["users"][0]["unread"] == 1
     await b.close()
 
@@ -239,7 +223,7 @@ async def test_plaintext_users_are_hashed_at_startup(tmp_path: Path) -> None:
         assert set(users) == {"Dana", "Eve"}
         assert all(u["password_hash"].startswith("$argon2id$") for u in users.values())
         assert "plaintext" in core.log_text()
-        c = await connect(core)
+        c = await RawClient.to(core)
         r = await c.login("Dana", "plain-secret-1")
         assert r["users"] == [{"username": "Eve", "online": False, "unread": 0}]
         await c.close()
@@ -253,7 +237,7 @@ async def test_fsync_always(tmp_path: Path) -> None:
         assert "fsync always" in core.log_text()
         ids = await send_many(core, 50)
         # Replies stay in request order even though sends wait for the fsync.
-        p = await connect(core)
+        p = await RawClient.to(core)
         await p.login("Alice")
         reqs = [
             {"purpose": "send_message", "id": 1, "to": "Bob", "text": "a"},
@@ -267,58 +251,59 @@ async def test_fsync_always(tmp_path: Path) -> None:
         assert [m["text"] for m in got[3]["messages"]] == ["a", "b"]
         ids += [got[0]["message"]["id"], got[2]["message"]["id"]]
         await p.close()
-        b = await connect(core)
+        b = await RawClient.to(core)
         await b.login("Bob")
         await b.call("read", **{"with": "Alice"}, up_to=ids[-1])
         await b.close()
         core.kill()
         core.start()
         assert await history_ids(core) == ids
-        b = await connect(core)
+        b = await RawClient.to(core)
         assert (await b.login("Bob"))["users"][0]["unread"] == 0
         await b.close()
     finally:
         core.stop()
 
 
-async def test_background_compaction(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+async def test_background_compaction(start_core: StartCore, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
-    server = await CoreServer.start(ServerConfig(port=0, data_dir=data, min_compact_bytes=1000))
-    history = server.service.history
-    try:
-        c = await RawClient.connect("127.0.0.1", server.port)
-        await c.login("Alice")
-        ids = []
-        compactions = 0
-        for i in range(150):
-            r = await c.call("send_message", to="Bob", text=f"message {i} " + "z" * 40)
-            ids.append(r["message"]["id"])
-            if history._child is not None:
-                compactions += 1
-                await until(lambda: history._child is None, 10, "compaction")
-        assert compactions >= 2
-        await until(lambda: history._child is None, 10, "compaction")
-        snap = json.loads((data / "history.json").read_text())
-        snap_ids = [m["id"] for m in snap["messages"]]
-        assert snap_ids == ids[: len(snap_ids)] and len(snap_ids) > 50
-        # A crash now (no clean stop): snapshot + journal still hold everything.
-        crash = tmp_path / "crash-copy"
-        crash.mkdir()
-        for p in data.iterdir():
-            if p.name.startswith("history"):
-                (crash / p.name).write_bytes(p.read_bytes())
-        store = HistoryStore(crash)
-        state = store.load()
-        store.close()
-        assert [m["id"] for m in state.messages] == ids
-        assert state.next_id > ids[-1]
-        await c.close()
-    finally:
-        await server.stop()
-    snap = json.loads((data / "history.json").read_text())
-    assert [m["id"] for m in snap["messages"]] == ids
+    server = await start_core(data, min_compact_bytes=1000)
+
+    def compacting() -> bool:
+        """A compaction runs while the journal segments it covers are on disk."""
+        return bool(list(data.glob("history.journal.*")))
+
+    def snapshot_ids() -> list[int]:
+        path = data / "history.json"
+        return [m["id"] for m in json.loads(path.read_text())["messages"]] if path.exists() else []
+
+    c = await RawClient.to(server)
+    await c.login("Alice")
+    ids = []
+    snapshots = {len(snapshot_ids())}
+    for i in range(150):
+        r = await c.call("send_message", to="Bob", text=f"message {i} " + "z" * 40)
+        ids.append(r["message"]["id"])
+        if compacting():  # let it finish before writing on, so that there are several
+            await until(lambda: not compacting(), what="the compaction to finish")
+        snapshots.add(len(snapshot_ids()))  # written atomically: always a whole one
+    await until(lambda: not compacting(), what="the compaction to finish")
+    assert len(snapshots) >= 3  # the empty start and at least two compactions
+    snap_ids = snapshot_ids()
+    assert snap_ids == ids[: len(snap_ids)] and len(snap_ids) > 50
+    # A crash now (no clean stop): snapshot + journal still hold everything.
+    crash = tmp_path / "crash-copy"
+    crash.mkdir()
+    for p in data.iterdir():
+        if p.name.startswith("history"):
+            (crash / p.name).write_bytes(p.read_bytes())
+    store = HistoryStore(crash)
+    state = store.load()
+    store.close()
+    assert [m["id"] for m in state.messages] == ids
+    assert state.next_id > ids[-1]
+    await c.close()
+    await server.stop()
+    assert snapshot_ids() == ids
     assert (data / "history.journal").stat().st_size == 0
-    assert not list(data.glob("history.journal.*"))
+    assert not compacting()

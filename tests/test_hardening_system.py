@@ -18,7 +18,9 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient
 from conftest import DEMO_USERS, CoreProcess
-from web_helpers import login, poll_until, until
+from core_helpers import whole_history
+from waiting import until
+from web_helpers import login, poll_until
 
 from app.config import WebConfig
 from app.web import COOKIE, create_app
@@ -29,21 +31,6 @@ from legacy_socket_server.desktop.model import ChatClient
 ACKED_BEFORE_KILL = 20
 #: Upper bound on each worker's sends (stays well inside the core's send burst).
 MAX_PER_WORKER = 150
-
-
-async def history(client: CoreClient, peer: str) -> list[dict[str, Any]]:
-    """The whole conversation with ``peer``, paging back with ``before``."""
-    out: list[dict[str, Any]] = []
-    before: int | None = None
-    while True:
-        fields: dict[str, Any] = {"with": peer, "limit": 200}
-        if before is not None:
-            fields["before"] = before
-        page = await client.call("history", **fields)
-        out[:0] = page["messages"]
-        if not page["has_more"]:
-            return out
-        before = page["messages"][0]["id"]
 
 
 class Sender:
@@ -190,9 +177,9 @@ async def test_sigkill_mid_burst_loses_nothing_and_every_client_recovers(
 
         async def everything() -> list[dict[str, Any]]:
             return [
-                *await history(bob_tcp, "Alice"),
-                *await history(charlie, "Alice"),
-                *await history(charlie, "Bob"),
+                *await whole_history(bob_tcp, "Alice"),
+                *await whole_history(charlie, "Alice"),
+                *await whole_history(charlie, "Bob"),
             ]
 
         failed = {*web.failed, *tcp.failed}

@@ -7,12 +7,13 @@ import time
 from typing import Any
 
 import pytest
-from core_helpers import RawClient, seed_users
+from conftest import StartCore, StartService
+from core_helpers import Client, RawClient
 from waiting import until
 
 from legacy_socket_server.limits import HashGate
 from legacy_socket_server.protocol import encode
-from legacy_socket_server.server import CoreServer, ServerConfig
+from legacy_socket_server.server import CoreServer
 
 
 def busy(seconds: float) -> Any:
@@ -28,13 +29,15 @@ def busy(seconds: float) -> Any:
 
 
 async def test_runs_inline_while_credit_lasts_then_queues() -> None:
-    gate = HashGate(burst=0.04, duty=0.1, max_waiting=3)
-    assert gate.run(busy(0.03)) == 0.03  # credit left: answered at once
-    assert gate.run(busy(0.03)) == 0.03  # still positive before it ran
-    later = [gate.run(busy(0.01)) for _ in range(3)]
+    now = 0.0  # the gate's clock stands still until we move it: no credit comes back
+    gate = HashGate(burst=0.25, duty=0.1, max_waiting=3, clock=lambda: now)
+    assert gate.run(busy(0.1)) == 0.1  # credit left: answered at once
+    assert gate.run(busy(0.2)) == 0.2  # still positive (~0.15 s) before it ran
+    later = [gate.run(busy(0.01)) for _ in range(3)]  # in debt now: they wait
     assert all(isinstance(f, asyncio.Future) for f in later)
     assert gate.run(busy(0.01)) is None  # the queue is full: refused, nothing hashed
-    assert await asyncio.wait_for(asyncio.gather(*later), 5) == [0.01] * 3
+    now += 10  # time passes: the credit comes back
+    assert await asyncio.wait_for(asyncio.gather(*later), 10) == [0.01] * 3
     gate.close()
 
 
@@ -90,17 +93,15 @@ async def test_cancelled_waiters_are_never_hashed() -> None:
 
 
 @pytest.fixture
-async def core(tmp_path: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    seed_users(tmp_path / "data", tmp_path_factory.getbasetemp() / "users-template")
-    server = await CoreServer.start(ServerConfig(port=0, data_dir=tmp_path / "data"))
+async def core(start_core: StartCore) -> CoreServer:
+    server = await start_core()
     # Every login waits its turn in the queue, as in a storm.
     server.service.hash_gate = HashGate(burst=0.0)
-    yield server
-    await server.stop()
+    return server
 
 
 async def test_requests_pipelined_behind_a_waiting_login_see_it(core: CoreServer) -> None:
-    c = await RawClient.connect("127.0.0.1", core.port)
+    c = await RawClient.to(core)
     reqs = [
         {"purpose": "login", "id": 1, "username": "Alice", "password": "123"},
         {"purpose": "send_message", "id": 2, "to": "Bob", "text": "a"},
@@ -113,38 +114,51 @@ async def test_requests_pipelined_behind_a_waiting_login_see_it(core: CoreServer
     await c.close()
 
 
-async def test_connection_gone_while_login_waits_leaves_no_ghost(core: CoreServer) -> None:
-    bob = await RawClient.connect("127.0.0.1", core.port)
+async def login_then_hang_up(core: CoreServer) -> RawClient:
+    """Bob logged in; then a login of Alice that waits in the gate's queue (~1 s) and
+    whose connection goes away meanwhile. Returns once the queue has drained and the
+    server has dropped that connection; returns Bob."""
+    bob = await RawClient.to(core)
     await bob.login("Bob")
     # Spend the gate's credit so the next login waits ~1 s in the queue.
     gate = core.service.hash_gate = HashGate(burst=0.01, duty=0.01)
     gate.run(busy(0.02))
-    ghost = await RawClient.connect("127.0.0.1", core.port)
+    ghost = await RawClient.to(core)
     await ghost.send({"purpose": "login", "username": "Alice", "password": "123"})
     await until(lambda: gate.waiting == 1, what="login queued")
     await ghost.close()
-    await until(lambda: len(core.connections) == 1, what="the server saw it go")
-    await until(lambda: gate.waiting == 0, what="queue drained")
+    await until(
+        lambda: gate.waiting == 0 and len(core.connections) == 1,
+        what="the queue to drain and the server to drop the connection",
+    )
+    return bob
+
+
+async def test_connection_gone_while_login_waits_leaves_no_ghost(core: CoreServer) -> None:
+    bob = await login_then_hang_up(core)
     users = {u["username"]: u for u in (await bob.call("users"))["users"]}
     assert users["Alice"]["online"] is False
-    assert "Alice" not in core.service._online
+    assert not core.service.is_online("Alice")
     await bob.close()
 
 
-async def test_two_waiting_logins_on_one_session_start_it_once(
-    tmp_path: Any, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    from core_helpers import Client, make_service
+async def test_connection_gone_while_login_waits_is_never_logged_in(core: CoreServer) -> None:
+    bob = await login_then_hang_up(core)
+    assert (await bob.call("poll"))["events"] == []  # Alice was never online, not even briefly
+    await bob.close()
 
-    seed_users(tmp_path / "data", tmp_path_factory.getbasetemp() / "users-template")
-    svc = make_service(tmp_path / "data", hash_gate=HashGate(burst=0.0))
-    try:
-        a = Client(svc)
-        login = {"purpose": "login", "username": "Alice", "password": "123"}
-        first, second = svc.handle(a.session, dict(login)), svc.handle(a.session, dict(login))
-        replies = await asyncio.wait_for(asyncio.gather(first, second), 5)
-        assert [r["ok"] for r in replies] == [True, False]
-        assert replies[1]["error"] == "bad_request"
-        assert len(svc._online["Alice"]) == 1
-    finally:
-        svc.close()
+
+async def test_two_waiting_logins_on_one_session_start_it_once(start_svc: StartService) -> None:
+    svc = start_svc(hash_gate=HashGate(burst=0.0))
+    bob, a = Client(svc), Client(svc)
+    assert (await bob.areq("login", username="Bob", password="456"))["ok"]  # type: ignore[index]
+    login = {"purpose": "login", "username": "Alice", "password": "123"}
+    first, second = svc.handle(a.session, dict(login)), svc.handle(a.session, dict(login))
+    replies = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert [r["ok"] for r in replies] == [True, False]
+    assert replies[1]["error"] == "bad_request"
+    # One session: Alice came online once, and leaving it takes her offline.
+    assert bob.poll_events() == [{"type": "presence", "username": "Alice", "online": True}]
+    svc.disconnect(a.session)
+    assert not svc.is_online("Alice")
+    assert bob.poll_events() == [{"type": "presence", "username": "Alice", "online": False}]

@@ -12,40 +12,18 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
-from core_helpers import DEMO, RawClient, seed_users
+from conftest import StartCore
+from core_helpers import DEMO, RawClient
 from waiting import until
 
 from legacy_socket_server.addresses import client_address, is_trusted, normalize, parse_networks
 from legacy_socket_server.limits import HashGate
 from legacy_socket_server.protocol import encode
-from legacy_socket_server.server import CoreServer, ServerConfig
+from legacy_socket_server.server import CoreServer
 
-StartCore = Callable[..., Awaitable[CoreServer]]
 Connect = Callable[..., Awaitable[RawClient]]
-
-
-@pytest.fixture
-async def start_core(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[StartCore]:
-    servers: list[CoreServer] = []
-
-    async def start(**overrides: Any) -> CoreServer:
-        data = tmp_path / f"data{len(servers)}"
-        seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
-        config = ServerConfig(host=overrides.pop("host", "127.0.0.1"), port=0, data_dir=data)
-        for name, value in overrides.items():
-            setattr(config, name, value)
-        servers.append(await CoreServer.start(config))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        await server.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The codec (PROTOCOL.md section 1): encode, FrameDecoder, every error case."""
+"""The codec (docs/protocol.md#framing): encode, FrameDecoder, every error case."""
 
 from __future__ import annotations
 

@@ -1,15 +1,15 @@
-"""Every rule of PROTOCOL.md sections 2 and 3, on ChatService directly (no sockets)."""
+"""Every rule of docs/protocol.md (requests, replies, events), on ChatService directly."""
 
 from __future__ import annotations
 
 import errno
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import Client, FakeClock, make_service, restart
+from conftest import StartService
+from core_helpers import Client, FakeClock, failing_writes
 
 from legacy_socket_server.chat import ChatService
 from legacy_socket_server.protocol import encode
@@ -222,7 +222,7 @@ async def test_send_bad_fields(svc: ChatService, fields: dict[str, Any]) -> None
     assert a.ok("history", **{"with": "Bob"})["messages"] == []
 
 
-async def test_dedup_by_client_msg_id(svc: ChatService, data_dir: Path) -> None:
+async def test_dedup_by_client_msg_id(svc: ChatService, start_svc: StartService) -> None:
     a, b = Client(svc), Client(svc)
     a.login("Alice")
     b.login("Bob")
@@ -236,14 +236,12 @@ async def test_dedup_by_client_msg_id(svc: ChatService, data_dir: Path) -> None:
     events = [e for e in b.poll_events() if e["type"] == "message"]
     assert [e["message"]["id"] for e in events] == [first["id"], other["id"]]
     # After a restart the retry is still recognised.
-    svc2 = restart(svc, data_dir)
-    try:
-        a2 = Client(svc2)
-        a2.login("Alice")
-        assert a2.send("Bob", "once", client_msg_id="k1") == first
-        assert len(a2.ok("history", **{"with": "Bob"})["messages"]) == 2
-    finally:
-        svc2.close()
+    svc.close()
+    svc2 = start_svc()
+    a2 = Client(svc2)
+    a2.login("Alice")
+    assert a2.send("Bob", "once", client_msg_id="k1") == first
+    assert len(a2.ok("history", **{"with": "Bob"})["messages"]) == 2
 
 
 async def test_burst_of_500_then_sustained_rate(svc: ChatService, clock: FakeClock) -> None:
@@ -278,49 +276,42 @@ async def test_offline_receiver_gets_unread_at_login(svc: ChatService) -> None:
 
 
 async def test_storage_unavailable(
-    svc: ChatService, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    svc: ChatService, data_dir: Path, start_svc: StartService
 ) -> None:
     a, b = Client(svc), Client(svc)
     a.login("Alice")
     b.login("Bob")
     kept = a.send("Bob", "kept")
     b.poll_events()
-    real_write = os.write
-
-    def full_disk(fd: int, data: bytes) -> int:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "write", full_disk)
-    a.err("send_message", "storage_unavailable", to="Bob", text="lost")
-    b.err("read", "storage_unavailable", **{"with": "Alice"}, up_to=kept["id"])
-    # Nothing of the refused requests is visible.
-    assert b.poll_events() == []
-    assert [m["text"] for m in b.ok("history", **{"with": "Alice"})["messages"]] == ["kept"]
-    assert b.ok("users")["users"][0]["unread"] == 1
-    monkeypatch.setattr(os, "write", real_write)
+    with failing_writes(data_dir / "history.journal", errno.ENOSPC):
+        a.err("send_message", "storage_unavailable", to="Bob", text="lost")
+        b.err("read", "storage_unavailable", **{"with": "Alice"}, up_to=kept["id"])
+        # Nothing of the refused requests is visible.
+        assert b.poll_events() == []
+        assert [m["text"] for m in b.ok("history", **{"with": "Alice"})["messages"]] == ["kept"]
+        assert b.ok("users")["users"][0]["unread"] == 1
     after = a.send("Bob", "after")
     assert after["id"] > kept["id"]
-    svc2 = restart(svc, data_dir)
-    try:
-        b2 = Client(svc2)
-        users = b2.login("Bob")["users"]
-        assert users[0]["unread"] == 2
-        texts = [m["text"] for m in b2.ok("history", **{"with": "Alice"})["messages"]]
-        assert texts == ["kept", "after"]
-    finally:
-        svc2.close()
+    svc.close()
+    svc2 = start_svc()
+    b2 = Client(svc2)
+    users = b2.login("Bob")["users"]
+    assert users[0]["unread"] == 2
+    texts = [m["text"] for m in b2.ok("history", **{"with": "Alice"})["messages"]]
+    assert texts == ["kept", "after"]
 
 
-async def test_storage_unavailable_when_journal_closed(svc: ChatService) -> None:
+@pytest.mark.parametrize("err", [errno.EBADF, errno.EIO, errno.EDQUOT])
+async def test_storage_unavailable_on_any_write_error(
+    svc: ChatService, data_dir: Path, err: int
+) -> None:
+    """A dead journal descriptor, an I/O error, a quota: refused like a full disk."""
     a = Client(svc)
     a.login("Alice")
-    assert svc.history._fd is not None
-    os.close(svc.history._fd)  # EBADF on the next write
-    try:
+    with failing_writes(data_dir / "history.journal", err):
         a.err("send_message", "storage_unavailable", to="Bob", text="x")
-    finally:
-        svc.history._open_journal()
     a.send("Bob", "works again")
+    assert [m["text"] for m in a.ok("history", **{"with": "Bob"})["messages"]] == ["works again"]
 
 
 # -- history -----------------------------------------------------------------------------
@@ -391,24 +382,21 @@ async def test_history_unknown_user_and_empty(svc: ChatService) -> None:
     assert r["messages"] == [] and r["has_more"] is False
 
 
-async def test_history_cut_to_frame_size(data_dir: Path) -> None:
-    svc = make_service(data_dir, max_frame_bytes=30_000)
-    try:
-        a = Client(svc)
-        a.login("Alice")
-        ids = [a.send("Bob", f"{i}" + "x" * 5000)["id"] for i in range(12)]
-        r = a.ok("history", **{"with": "Bob"}, id="x" * 64)
-        assert len(encode(r)) <= 30_000 + 9
-        assert 0 < len(r["messages"]) < 12 and r["has_more"] is True
-        assert [m["id"] for m in r["messages"]] == ids[-len(r["messages"]) :]
-    finally:
-        svc.close()
+async def test_history_cut_to_frame_size(start_svc: StartService) -> None:
+    svc = start_svc(max_frame_bytes=30_000)
+    a = Client(svc)
+    a.login("Alice")
+    ids = [a.send("Bob", f"{i}" + "x" * 5000)["id"] for i in range(12)]
+    r = a.ok("history", **{"with": "Bob"}, id="x" * 64)
+    assert len(encode(r)) <= 30_000 + 9
+    assert 0 < len(r["messages"]) < 12 and r["has_more"] is True
+    assert [m["id"] for m in r["messages"]] == ids[-len(r["messages"]) :]
 
 
 # -- read markers and unread -------------------------------------------------------------
 
 
-async def test_read_markers(svc: ChatService, data_dir: Path) -> None:
+async def test_read_markers(svc: ChatService, start_svc: StartService) -> None:
     a, b1, b2 = Client(svc), Client(svc), Client(svc)
     a.login("Alice")
     b1.login("Bob")
@@ -434,16 +422,14 @@ async def test_read_markers(svc: ChatService, data_dir: Path) -> None:
     newer = a.send("Bob", "newer")
     assert b1.ok("users")["users"][0]["unread"] == 1  # the clamp did not swallow it
     # Persisted across a restart.
-    svc2 = restart(svc, data_dir)
-    try:
-        b3 = Client(svc2)
-        assert b3.login("Bob")["users"][0]["unread"] == 1
-        b3.ok("read", **{"with": "Alice"}, up_to=newer["id"])
-        svc3 = restart(svc2, data_dir)
-        svc2 = svc3
-        assert Client(svc3).login("Bob")["users"][0]["unread"] == 0
-    finally:
-        svc2.close()
+    svc.close()
+    svc2 = start_svc()
+    b3 = Client(svc2)
+    assert b3.login("Bob")["users"][0]["unread"] == 1
+    b3.ok("read", **{"with": "Alice"}, up_to=newer["id"])
+    svc2.close()
+    svc3 = start_svc()
+    assert Client(svc3).login("Bob")["users"][0]["unread"] == 0
 
 
 async def test_read_counts_only_the_peers_messages(svc: ChatService) -> None:

@@ -1,8 +1,7 @@
-"""PROTOCOL.md sections 2 and 3 on ChatService directly: polls, presence, resume, exit."""
+"""docs/protocol.md#events-and-cursors on ChatService directly: polls, presence, resume, exit."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -10,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from core_helpers import Client, make_service, restart
+from conftest import StartService
+from core_helpers import Client
 from waiting import until
 
-from legacy_socket_server import chat, events
+from legacy_socket_server import events
 from legacy_socket_server.chat import ChatService
 from legacy_socket_server.protocol import encode
 from legacy_socket_server.users import UserStore
@@ -52,7 +52,7 @@ async def test_poll_without_cursor_continues(svc: ChatService) -> None:
     assert a.poll_events() == []
 
 
-async def test_poll_reset_cases(svc: ChatService, data_dir: Path) -> None:
+async def test_poll_reset_cases(svc: ChatService, start_svc: StartService) -> None:
     a = Client(svc)
     login = a.login("Alice")
     cur = login["cursor"]
@@ -63,32 +63,29 @@ async def test_poll_reset_cases(svc: ChatService, data_dir: Path) -> None:
         # The returned cursor is good.
         assert "reset" not in a.ok("poll", cursor=r["cursor"])
     # A cursor from before a restart is reset.
-    svc2 = restart(svc, data_dir)
-    try:
-        a2 = Client(svc2)
-        new = a2.login("Alice")["cursor"]
-        assert new != cur
-        assert a2.ok("poll", cursor=cur)["reset"] is True
-    finally:
-        svc2.close()
+    svc.close()
+    svc2 = start_svc()
+    a2 = Client(svc2)
+    new = a2.login("Alice")["cursor"]
+    assert new != cur
+    assert a2.ok("poll", cursor=cur)["reset"] is True
 
 
-async def test_poll_reset_when_log_trimmed(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_poll_reset_when_log_trimmed(
+    monkeypatch: pytest.MonkeyPatch, start_svc: StartService
+) -> None:
     monkeypatch.setattr(events, "LOG_KEEP", 5)
-    svc = make_service(data_dir)
-    try:
-        a, b = Client(svc), Client(svc)
-        cur = a.login("Alice")["cursor"]
-        b.login("Bob")
-        for i in range(30):
-            b.send("Alice", f"{i}")
-        r = a.ok("poll", cursor=cur)
-        assert r["reset"] is True and r["events"] == []
-        b.send("Alice", "fresh")
-        evs = a.poll_events(cursor=r["cursor"])
-        assert [e["message"]["text"] for e in evs] == ["fresh"]
-    finally:
-        svc.close()
+    svc = start_svc()
+    a, b = Client(svc), Client(svc)
+    cur = a.login("Alice")["cursor"]
+    b.login("Bob")
+    for i in range(30):
+        b.send("Alice", f"{i}")
+    r = a.ok("poll", cursor=cur)
+    assert r["reset"] is True and r["events"] == []
+    b.send("Alice", "fresh")
+    evs = a.poll_events(cursor=r["cursor"])
+    assert [e["message"]["text"] for e in evs] == ["fresh"]
 
 
 @pytest.mark.parametrize(
@@ -109,46 +106,31 @@ async def test_poll_bad_fields(svc: ChatService, fields: dict[str, Any]) -> None
     a.err("poll", "bad_request", **fields)
 
 
-async def test_poll_batches_are_bounded_and_lose_nothing(data_dir: Path) -> None:
-    svc = make_service(data_dir, send_burst=2000)
-    try:
-        a, b = Client(svc), Client(svc)
-        cur = a.login("Alice")["cursor"]
-        b.login("Bob")
-        sent = [b.send("Alice", f"n{i}")["id"] for i in range(1200)]
-        got: list[int] = []
-        sizes = []
-        for _ in range(20):
-            r = a.ok("poll", cursor=cur)
-            if not r["events"]:
-                break
-            sizes.append(len(r["events"]))
-            got += [e["message"]["id"] for e in r["events"] if e["type"] == "message"]
-            cur = r["cursor"]
-        assert got == sent
-        assert all(s >= 100 for s in sizes[:-1]) and max(sizes) < 1200
-    finally:
-        svc.close()
+def message_ids(replies: list[dict[str, Any]]) -> list[int]:
+    return [e["message"]["id"] for r in replies for e in r["events"] if e["type"] == "message"]
 
 
-async def test_poll_cut_to_frame_size(data_dir: Path) -> None:
-    svc = make_service(data_dir, max_frame_bytes=50_000)
-    try:
-        a, b = Client(svc), Client(svc)
-        cur = a.login("Alice")["cursor"]
-        b.login("Bob")
-        sent = [b.send("Alice", "y" * 9_000)["id"] for _ in range(20)]
-        got: list[int] = []
-        while True:
-            r = a.ok("poll", cursor=cur, id="i" * 64)
-            assert len(encode(r)) <= 50_000 + 9
-            if not r["events"]:
-                break
-            got += [e["message"]["id"] for e in r["events"] if e["type"] == "message"]
-            cur = r["cursor"]
-        assert got == sent
-    finally:
-        svc.close()
+async def test_poll_batches_are_bounded_and_lose_nothing(start_svc: StartService) -> None:
+    svc = start_svc(send_burst=2000)
+    a, b = Client(svc), Client(svc)
+    cur = a.login("Alice")["cursor"]
+    b.login("Bob")
+    sent = [b.send("Alice", f"n{i}")["id"] for i in range(1200)]
+    replies = a.poll_to_the_end(cur)
+    assert message_ids(replies) == sent
+    sizes = [len(r["events"]) for r in replies[:-1]]
+    assert all(s >= 100 for s in sizes[:-1]) and max(sizes) < 1200
+
+
+async def test_poll_cut_to_frame_size(start_svc: StartService) -> None:
+    svc = start_svc(max_frame_bytes=50_000)
+    a, b = Client(svc), Client(svc)
+    cur = a.login("Alice")["cursor"]
+    b.login("Bob")
+    sent = [b.send("Alice", "y" * 9_000)["id"] for _ in range(20)]
+    replies = a.poll_to_the_end(cur, id="i" * 64)
+    assert all(len(encode(r)) <= 50_000 + 9 for r in replies)
+    assert len(replies) > 3 and message_ids(replies) == sent
 
 
 async def test_long_poll_wakes_on_event(svc: ChatService) -> None:
@@ -156,18 +138,16 @@ async def test_long_poll_wakes_on_event(svc: ChatService) -> None:
     a.login("Alice")
     b.login("Bob")
     a.poll_events()
-    assert a.req("poll", wait_ms=10_000, id="held") is None
+    assert a.req("poll", wait_ms=30_000, id="held") is None
     assert a.out == []
-    t0 = time.monotonic()
     m = b.send("Alice", "wake up")
-    reply = await until(lambda: a.out, 5, "the held poll's reply")
-    assert time.monotonic() - t0 < 1
-    assert reply == [
+    # Answered at once: by the time the send returns, long before the 30 s are up.
+    assert a.out == [
         {
             "purpose": "poll",
             "id": "held",
             "ok": True,
-            "cursor": reply[0]["cursor"],
+            "cursor": a.out[0]["cursor"],
             "events": [{"type": "message", "message": m}],
         }
     ]
@@ -190,9 +170,10 @@ async def test_long_poll_timeout(svc: ChatService) -> None:
     a.login("Alice")
     t0 = time.monotonic()
     assert a.req("poll", wait_ms=200, id=9) is None
-    reply = await until(lambda: a.out, 5, "the poll to time out")
-    elapsed = time.monotonic() - t0
-    assert 0.15 < elapsed < 2
+    assert a.out == []  # held, not answered at once
+    reply = await until(lambda: a.out, what="the poll to time out")
+    # Never before its time: the timer runs on the loop's clock, the one t0 came from.
+    assert time.monotonic() - t0 > 0.199
     assert reply[0]["ok"] is True and reply[0]["id"] == 9 and reply[0]["events"] == []
     # The cursor it returned is still good.
     assert "reset" not in a.ok("poll", cursor=reply[0]["cursor"])
@@ -209,19 +190,23 @@ async def test_second_poll_ends_the_first(svc: ChatService) -> None:
     assert [r["id"] for r in a.out] == ["first"]
     assert a.out[0]["ok"] is True and a.out[0]["events"] == []
     m = b.send("Alice", "x")
-    await until(lambda: len(a.out) == 2, 5, "the second poll")
-    assert a.out[1]["id"] == "second"
+    assert [r["id"] for r in a.out] == ["first", "second"]
     assert a.out[1]["events"] == [{"type": "message", "message": m}]
 
 
 async def test_held_poll_ends_on_disconnect(svc: ChatService) -> None:
-    a = Client(svc)
+    a, witness = Client(svc), Client(svc)
     a.login("Alice")
+    witness.login("Alice")  # a second session: no presence change to wake anyone
+    a.poll_events()
+    witness.poll_events()
     assert a.req("poll", wait_ms=300) is None
+    assert witness.req("poll", wait_ms=400) is None
     svc.disconnect(a.session)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 0.5:
-        await until(lambda: True)
+    # The loop runs timers in deadline order: once the witness's later poll has
+    # timed out, a's would have too, had the disconnect not ended it.
+    await until(lambda: witness.out, what="the witness's poll to time out")
+    assert witness.out[0]["events"] == []
     assert a.out == []
 
 
@@ -235,26 +220,37 @@ async def test_a_wave_of_logins_wakes_a_held_poll_once(svc: ChatService) -> None
     Client(svc).login("Bob")
     Client(svc).login("Charlie")
     assert a.out == []  # not woken per login...
-    await until(lambda: a.out, 5, "the presence wake-up")
-    await asyncio.sleep(chat.PRESENCE_WAKE_DELAY * 2)
+    await until(lambda: a.out, what="the presence wake-up")
     # ...but once, with the whole wave.
     assert len(a.out) == 1
     assert a.out[0]["events"] == [
         {"type": "presence", "username": "Bob", "online": True},
         {"type": "presence", "username": "Charlie", "online": True},
     ]
+    assert a.poll_events() == []  # its cursor covers the whole wave
+    assert len(a.out) == 1
 
 
 async def test_held_poll_ending_before_the_wake_up_still_gets_presence(
     svc: ChatService,
 ) -> None:
-    a = Client(svc)
+    a, c = Client(svc), Client(svc)
     a.login("Alice")
-    assert a.req("poll", wait_ms=20) is None  # ends before the wake-up pass
-    Client(svc).login("Bob")
-    await until(lambda: a.out, 5, "the held poll to end")
+    assert a.req("poll", wait_ms=10_000) is None
+    c.login("Charlie")
+    # Let the wake-up pass of Charlie's login run: none is pending from here on.
+    await until(lambda: a.out, what="the wake-up for Charlie's login")
+    assert a.out.pop()["events"] == [{"type": "presence", "username": "Charlie", "online": True}]
+    c.poll_events()
+    assert c.req("poll", wait_ms=10_000) is None  # answered by the next wake-up pass
+    assert a.req("poll", wait_ms=20) is None  # times out before that pass is due
+    Client(svc).login("Bob")  # schedules the pass 100 ms from now
+    await until(lambda: a.out, what="the held poll to end")
     assert a.out[0]["events"] == [{"type": "presence", "username": "Bob", "online": True}]
-    await asyncio.sleep(chat.PRESENCE_WAKE_DELAY * 2)
+    # After the wake-up pass (it answered Charlie): a got Bob's presence once, not again.
+    await until(lambda: c.out, what="the wake-up pass")
+    assert c.out[0]["events"] == [{"type": "presence", "username": "Bob", "online": True}]
+    assert len(a.out) == 1
     assert a.poll_events(cursor=a.out[0]["cursor"]) == []  # delivered once, not skipped
 
 
@@ -325,13 +321,13 @@ async def test_resume_bad_fields(svc: ChatService, fields: dict[str, Any]) -> No
     Client(svc).err("resume", "bad_request", **fields)
 
 
-async def test_resume_survives_restart(svc: ChatService, data_dir: Path) -> None:
+async def test_resume_survives_restart(
+    svc: ChatService, data_dir: Path, start_svc: StartService
+) -> None:
     token = Client(svc).login("Alice")["token"]
-    svc2 = restart(svc, data_dir)
-    try:
-        assert Client(svc2).ok("resume", token=token)["username"] == "Alice"
-    finally:
-        svc2.close()
+    svc.close()
+    svc2 = start_svc()
+    assert Client(svc2).ok("resume", token=token)["username"] == "Alice"
     assert token not in (data_dir / "tokens.json").read_text()  # kept hashed
 
 
@@ -360,31 +356,41 @@ async def test_resume_ends_when_user_removed(svc: ChatService, data_dir: Path) -
     Client(svc).err("resume", "invalid_token", token=token)
 
 
-async def test_resume_expires_after_seven_days_unused(svc: ChatService, data_dir: Path) -> None:
-    old = Client(svc).login("Alice")["token"]
-    fresh = Client(svc).login("Bob")["token"]
-    svc.close()
+def age_tokens(data_dir: Path, seconds_by_user: dict[str, float]) -> None:
+    """Move the last use of each user's tokens back in ``tokens.json`` (the service is
+    stopped: a clean stop leaves every token in that one file)."""
     path = data_dir / "tokens.json"
     records = json.loads(path.read_text())
     for rec in records.values():
-        rec["used"] -= (7 * 24 + 1) * 3600 if rec["user"] == "Alice" else 6 * 24 * 3600
+        rec["used"] -= seconds_by_user.get(rec["user"], 0)
     path.write_text(json.dumps(records))
-    svc2 = make_service(data_dir)
-    try:
-        Client(svc2).err("resume", "invalid_token", token=old)
-        assert Client(svc2).ok("resume", token=fresh)["username"] == "Bob"
-    finally:
-        svc2.close()
 
 
-async def test_resume_refreshes_the_seven_days(svc: ChatService, data_dir: Path) -> None:
+async def test_resume_expires_after_seven_days_unused(
+    svc: ChatService, data_dir: Path, start_svc: StartService
+) -> None:
+    old = Client(svc).login("Alice")["token"]
+    fresh = Client(svc).login("Bob")["token"]
+    svc.close()
+    age_tokens(data_dir, {"Alice": (7 * 24 + 1) * 3600, "Bob": 6 * 24 * 3600})
+    svc2 = start_svc()
+    Client(svc2).err("resume", "invalid_token", token=old)
+    assert Client(svc2).ok("resume", token=fresh)["username"] == "Bob"
+
+
+async def test_resume_refreshes_the_seven_days(
+    svc: ChatService, data_dir: Path, start_svc: StartService
+) -> None:
     token = Client(svc).login("Alice")["token"]
-    # Used six days ago, then resumed now: good for another seven days.
-    (rec,) = svc.tokens._records.values()
-    rec["used"] = time.time() - 6 * 24 * 3600
-    Client(svc).ok("resume", token=token)
-    rec["used"] -= 6 * 24 * 3600
-    Client(svc).ok("resume", token=token)
+    svc.close()
+    # Last used six days ago, then resumed now: good for another seven days.
+    age_tokens(data_dir, {"Alice": 6 * 24 * 3600})
+    svc2 = start_svc()
+    Client(svc2).ok("resume", token=token)
+    svc2.close()
+    age_tokens(data_dir, {"Alice": 6 * 24 * 3600})  # 12 days since login, 6 since the resume
+    svc3 = start_svc()
+    assert Client(svc3).ok("resume", token=token)["username"] == "Alice"
 
 
 # -- exit -------------------------------------------------------------------------------
@@ -401,18 +407,15 @@ async def test_exit_ends_the_session(svc: ChatService) -> None:
     assert b.poll_events() == [{"type": "presence", "username": "Alice", "online": False}]
 
 
-async def test_fsync_always_replies_after_commit(data_dir: Path) -> None:
-    svc = make_service(data_dir, fsync="always")
-    try:
-        a = Client(svc)
-        a.login("Alice")
-        r = await a.areq("send_message", to="Bob", text="durable", id=1)
-        assert r is not None and r["ok"] is True and r["id"] == 1
-        r2 = await a.areq("read", **{"with": "Bob"}, up_to=r["message"]["id"])
-        assert r2 is not None and r2["ok"] is True
-        assert b'"durable"' in (data_dir / "history.journal").read_bytes()
-    finally:
-        svc.close()
+async def test_fsync_always_replies_after_commit(data_dir: Path, start_svc: StartService) -> None:
+    svc = start_svc(fsync="always")
+    a = Client(svc)
+    a.login("Alice")
+    r = await a.areq("send_message", to="Bob", text="durable", id=1)
+    assert r is not None and r["ok"] is True and r["id"] == 1
+    r2 = await a.areq("read", **{"with": "Bob"}, up_to=r["message"]["id"])
+    assert r2 is not None and r2["ok"] is True
+    assert b'"durable"' in (data_dir / "history.journal").read_bytes()
 
 
 async def test_users_file_change_seen_even_with_same_mtime(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, CoreProcess
-from core_helpers import RawClient, seed_users
+from core_helpers import RawClient
 
 
 def users_cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -23,13 +23,6 @@ def users_cli(data_dir: Path, *args: str, stdin: str = "") -> subprocess.Complet
         timeout=30,
         env={**os.environ, "CHAT_DEMO_USERS": "1"},
     )
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path / "data"
-    seed_users(d, tmp_path_factory.getbasetemp() / "users-template")
-    return d
 
 
 def test_add_list_passwd_remove(data_dir: Path) -> None:
@@ -74,36 +67,32 @@ def test_cli_refuses_corrupt_file(data_dir: Path) -> None:
     assert (data_dir / "users.json").read_text() == '{"Alice": \n'
 
 
-async def test_running_server_sees_changes_without_restart(tmp_path: Path) -> None:
-    core = CoreProcess(tmp_path / "data").start(port=0)
-    try:
-        alice = await RawClient.connect(core.host, core.port)
-        await alice.login("Alice")
-        assert users_cli(core.data_dir, "add", "Dana", stdin="dana-pw\n").returncode == 0
-        names = [u["username"] for u in (await alice.call("users"))["users"]]
-        assert names == ["Bob", "Charlie", "Dana"]
-        # Messages to the new user are accepted at once, and she can log in.
-        await alice.call("send_message", to="Dana", text="welcome")
-        dana = await RawClient.connect(core.host, core.port)
-        r = await dana.login("Dana", "dana-pw")
-        assert r["users"][0] == {"username": "Alice", "online": True, "unread": 1}
-        token = r["token"]
-        await dana.close()
-        # passwd: the old password and Dana's resume tokens end.
-        assert users_cli(core.data_dir, "passwd", "Dana", stdin="new-pw\n").returncode == 0
-        c = await RawClient.connect(core.host, core.port)
-        assert (await c.request("resume", token=token))["error"] == "invalid_token"
-        assert (await c.request("login", username="Dana", password="dana-pw"))[
-            "error"
-        ] == "invalid_credentials"
-        assert (await c.login("Dana", "new-pw"))["username"] == "Dana"
-        await c.close()
-        # remove: gone from the list, no longer a recipient.
-        assert users_cli(core.data_dir, "remove", "Dana").returncode == 0
-        names = [u["username"] for u in (await alice.call("users"))["users"]]
-        assert names == ["Bob", "Charlie"]
-        r = await alice.request("send_message", to="Dana", text="still there?")
-        assert r["error"] == "unknown_user"
-        await alice.close()
-    finally:
-        core.stop()
+async def test_running_server_sees_changes_without_restart(core_proc: CoreProcess) -> None:
+    alice = await RawClient.to(core_proc)
+    await alice.login("Alice")
+    assert users_cli(core_proc.data_dir, "add", "Dana", stdin="dana-pw\n").returncode == 0
+    names = [u["username"] for u in (await alice.call("users"))["users"]]
+    assert names == ["Bob", "Charlie", "Dana"]
+    # Messages to the new user are accepted at once, and she can log in.
+    await alice.call("send_message", to="Dana", text="welcome")
+    dana = await RawClient.to(core_proc)
+    r = await dana.login("Dana", "dana-pw")
+    assert r["users"][0] == {"username": "Alice", "online": True, "unread": 1}
+    token = r["token"]
+    await dana.close()
+    # passwd: the old password and Dana's resume tokens end.
+    assert users_cli(core_proc.data_dir, "passwd", "Dana", stdin="new-pw\n").returncode == 0
+    c = await RawClient.to(core_proc)
+    assert (await c.request("resume", token=token))["error"] == "invalid_token"
+    assert (await c.request("login", username="Dana", password="dana-pw"))[
+        "error"
+    ] == "invalid_credentials"
+    assert (await c.login("Dana", "new-pw"))["username"] == "Dana"
+    await c.close()
+    # remove: gone from the list, no longer a recipient.
+    assert users_cli(core_proc.data_dir, "remove", "Dana").returncode == 0
+    names = [u["username"] for u in (await alice.call("users"))["users"]]
+    assert names == ["Bob", "Charlie"]
+    r = await alice.request("send_message", to="Dana", text="still there?")
+    assert r["error"] == "unknown_user"
+    await alice.close()

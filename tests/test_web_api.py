@@ -1,4 +1,4 @@
-"""The HTTP API of PROTOCOL.md section 4, against a real core on an ephemeral port."""
+"""The HTTP API (docs/protocol.md#http-api), against a real core on an ephemeral port."""
 
 from __future__ import annotations
 
