@@ -51,6 +51,9 @@ MAX_OUTPUT_BUFFER = 8 * 1024 * 1024
 #: Enough for thousands of desktop clients and browser sessions, and far
 #: below what the file-descriptor limit is raised to.
 DEFAULT_MAX_CONNECTIONS = 10_000
+#: Requests held behind a login that waits for the hash gate; past this the
+#: connection stops being read until the login is decided.
+MAX_BACKLOG = 64
 #: A connection that has not logged in (or resumed) by then is closed with
 #: ``login_timeout``: a person types a password in far less, and sockets that
 #: never speak must not hold slots (docs/protocol.md#limits-per-client).
@@ -142,6 +145,10 @@ class Connection(asyncio.Protocol):
         self._login_timer = None
         if self.session is None or self.session.username is not None or self._closing:
             return
+        if self._backlog is not None:
+            # Its login waits in the hash gate: our queue, not the client, is late.
+            # The gate answers it within a bounded time; the deadline then no longer matters.
+            return
         secs = self.server.config.login_timeout
         log.info("closing %s: not logged in after %g s", self.session.peer, secs)
         self._deliver(
@@ -160,6 +167,8 @@ class Connection(asyncio.Protocol):
         items = self.decoder.feed(data)
         if self._backlog is not None:  # a login is waiting for the hash gate
             self._backlog.extend(items)
+            if len(self._backlog) > MAX_BACKLOG and self.transport is not None:
+                self.transport.pause_reading()
         else:
             self._process(items)
         self._watch_partial(completed=bool(items))
@@ -190,11 +199,10 @@ class Connection(asyncio.Protocol):
                 self._close_after_flush()
                 return
             if isinstance(result, asyncio.Future) and item["purpose"] == "login":
-                # Later requests may depend on being logged in: hold them (and
-                # stop reading, so the held ones stay few) until it is decided.
+                # Later requests may depend on being logged in: hold them until
+                # it is decided. Reading goes on (so a hang-up is noticed and the
+                # waiting check is dropped unhashed) until the held ones are many.
                 self._backlog = list(items[i + 1 :])
-                if self.transport is not None:
-                    self.transport.pause_reading()
                 result.add_done_callback(self._login_decided)
                 return
 
