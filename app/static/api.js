@@ -1,4 +1,4 @@
-// The HTTP API of PROTOCOL.md section 4, as small async helpers.
+// The HTTP API (docs/protocol.md#http-api), as small async helpers.
 // Every call resolves to {status, ok, data}; only a network failure rejects,
 // so callers can tell "server said no" from "server unreachable".
 

@@ -1,7 +1,10 @@
-// The chat page: state, polling, sending. Rendering lives in view.js.
-// Every chat rule (unread counts, presence, validation) is the server's; this
-// file keeps what the server said and applies the events that came after it.
+// The chat page: state, polling, sending. Rendering lives in view.js, the room
+// dialogs in dialogs.js. Every chat rule (unread and mention counts, presence,
+// validation) is the server's; this file keeps what the server said and
+// applies the events that came after it.
 import { api, go, NetworkError, newId, sleep } from "./api.js";
+import * as dialogs from "./dialogs.js";
+import { mentions } from "./mentions.js";
 import * as view from "./view.js";
 
 const POLL_INTERVAL_MS = 100; // the polling contract of the product
@@ -11,30 +14,37 @@ const SEND_RETRY_MS = 30000; // give up a send after this long unreachable
 
 const params = new URLSearchParams(window.location.search);
 const longpoll = params.get("longpoll") === "1" || document.body.dataset.longpoll === "1";
+const { userKey, roomKey, parseKey } = view;
 
 const state = {
   me: document.body.dataset.username,
   users: new Map(), // name -> {username, online, unread}, as the server counted them
-  convs: new Map(), // name -> {messages, ids, hasMore, loaded}
-  open: null,
+  rooms: new Map(), // name -> {name, private, members, joined, unread, mentions}, likewise
+  convs: new Map(), // conversation key ("u:Bob", "r:general") -> {messages, ids, hasMore, loaded}
+  open: null, // the open conversation's key
   // Positions in the session's event buffer. The poll loop reads on from
-  // `cursor`; the users list's counts include every event at or before
-  // `countedUpTo` (its cursor) and none after, so only later events change them.
+  // `cursor`; each list's counts include every event at or before its cursor
+  // (`countedUpTo` for people, `roomsCountedUpTo` for rooms) and none after,
+  // so only later events change them.
   cursor: null,
   countedUpTo: null,
+  roomsCountedUpTo: null,
   needUsers: true, // fetch the users list at the poll loop's next turn
-  needReload: false, // the server said reset: users and the open conversation again
+  needRooms: true, // the rooms list, likewise
+  needReload: false, // the server said reset: the lists and the open conversation again
   loading: new Set(), // conversations whose first history page is on its way
-  readSent: new Map(), // name -> highest up_to sent
+  readSent: new Map(), // key -> highest up_to sent
 };
 
 const $ = (id) => document.getElementById(id);
 
-function conv(name) {
-  let c = state.convs.get(name);
+class Refused extends Error {} // the server said no (4xx): retrying will not help
+
+function conv(key) {
+  let c = state.convs.get(key);
   if (!c) {
     c = { messages: [], ids: new Set(), hasMore: false, loaded: false, loadingOlder: false };
-    state.convs.set(name, c);
+    state.convs.set(key, c);
   }
   return c;
 }
@@ -51,19 +61,30 @@ function addMessages(c, messages) {
   return added;
 }
 
-// The newest message from `peer` this tab knows of (0: none).
-function newestFrom(peer) {
-  const messages = state.convs.get(peer)?.messages || [];
+// The newest message from someone else in a conversation this tab knows of (0: none).
+function newestFromOthers(key) {
+  const messages = state.convs.get(key)?.messages || [];
   for (let i = messages.length - 1; i >= 0; i--) {
-    if (messages[i].from === peer) return messages[i].id;
+    if (messages[i].from !== state.me) return messages[i].id;
   }
   return 0;
 }
 
+// What a conversation's unread count lives in: a user or a joined room.
+function counted(key) {
+  const [kind, name] = parseKey(key);
+  if (kind === "room") {
+    const room = state.rooms.get(name);
+    return room?.joined ? room : null;
+  }
+  return state.users.get(name) || null;
+}
+
 function renderAll() {
-  view.renderUsers(state);
+  view.renderSidebar(state);
   view.renderTitle(state);
   view.renderHeader(state);
+  dialogs.refresh();
 }
 
 // The log is busy while the open conversation's history is on its way.
@@ -80,6 +101,11 @@ function checkSession(res) {
   return res;
 }
 
+// What a failed request says, for a person.
+function refusal(res) {
+  return res?.data?.message || "The server cannot be reached; try again.";
+}
+
 // Only the poll loop calls this, between polls: the list and the events the
 // loop reads are then in one order, and `countedUpTo` says where they meet.
 async function loadUsers() {
@@ -92,10 +118,29 @@ async function loadUsers() {
   renderAll();
 }
 
-async function loadHistory(name, before) {
-  const q = new URLSearchParams({ with: name, limit: String(HISTORY_PAGE) });
+// The same for the rooms list (docs/protocol.md#rooms): its cursor is exact too.
+async function loadRooms() {
+  const res = checkSession(await api("GET", "/api/rooms"));
+  if (!res.ok) throw new NetworkError(res.data?.message);
+  state.rooms = new Map(res.data.rooms.map((r) => [r.name, r]));
+  state.roomsCountedUpTo = res.data.cursor;
+  if (state.cursor === null) state.cursor = res.data.cursor;
+  state.needRooms = false;
+  // Rooms left meanwhile (in another tab, say): forget what we had of them.
+  for (const key of [...state.convs.keys()]) {
+    const [kind, name] = parseKey(key);
+    if (kind === "room" && !state.rooms.get(name)?.joined) forgetRoom(name);
+  }
+  renderAll();
+}
+
+async function loadHistory(key, before) {
+  const [kind, name] = parseKey(key);
+  const q = new URLSearchParams({ limit: String(HISTORY_PAGE) });
+  q.set(kind === "room" ? "room" : "with", name);
   if (before !== undefined) q.set("before", String(before));
   const res = checkSession(await api("GET", `/api/history?${q}`));
+  if (res.status >= 400 && res.status < 500) throw new Refused(refusal(res));
   if (!res.ok) throw new NetworkError(res.data?.message);
   return res.data;
 }
@@ -108,120 +153,164 @@ function narrow() {
   return window.matchMedia("(max-width: 720px)").matches;
 }
 
-async function markRead(name) {
-  const c = state.convs.get(name);
+async function markRead(key) {
+  const c = state.convs.get(key);
   const newest = c?.messages.at(-1);
-  const user = state.users.get(name);
+  const entry = counted(key);
   if (!newest || !visible()) return;
-  if (user && user.unread !== 0) {
-    user.unread = 0;
-    view.renderUsers(state);
+  if (entry && (entry.unread !== 0 || entry.mentions)) {
+    entry.unread = 0;
+    if (entry.mentions) entry.mentions = 0;
+    view.renderSidebar(state);
     view.renderTitle(state);
   }
-  if ((state.readSent.get(name) || 0) >= newest.id) return;
-  state.readSent.set(name, newest.id);
+  if ((state.readSent.get(key) || 0) >= newest.id) return;
+  state.readSent.set(key, newest.id);
+  const [kind, name] = parseKey(key);
+  const body = { [kind === "room" ? "room" : "with"]: name, up_to: newest.id };
   try {
-    checkSession(await api("POST", "/api/read", { with: name, up_to: newest.id }));
+    checkSession(await api("POST", "/api/read", body));
   } catch (err) {
-    state.readSent.delete(name); // try again at the next chance
+    state.readSent.delete(key); // try again at the next chance
     if (!(err instanceof NetworkError)) throw err;
   }
 }
 
-async function openConversation(name) {
-  state.open = name;
+async function openConversation(key) {
+  const [kind, name] = parseKey(key);
+  if (kind === "room" && !state.rooms.get(name)?.joined) return;
+  state.open = key;
   view.showSendError("");
-  const c = conv(name);
-  if (!c.loaded) state.loading.add(name);
+  const c = conv(key);
+  if (!c.loaded) state.loading.add(key);
   settleBusy();
   renderAll();
   view.renderMessages(state, { keepBottom: true });
   $("message").focus();
   if (!c.loaded) {
     try {
-      const page = await loadHistory(name);
+      const page = await loadHistory(key);
       addMessages(c, page.messages);
       c.hasMore = page.has_more;
       c.loaded = true;
       // Still busy: the thread goes in as a whole, not read out row by row.
-      if (state.open === name) view.renderMessages(state, { keepBottom: true });
+      if (state.open === key) view.renderMessages(state, { keepBottom: true });
     } catch (err) {
-      if (!(err instanceof NetworkError)) throw err;
-      if (state.open === name) {
-        view.showSendError("Could not load the conversation; retrying when the server is back.");
+      if (!(err instanceof NetworkError) && !(err instanceof Refused)) throw err;
+      if (state.open === key) {
+        const later = "Could not load the conversation; retrying when the server is back.";
+        view.showSendError(err instanceof Refused ? err.message : later);
       }
       return;
     } finally {
-      state.loading.delete(name);
+      state.loading.delete(key);
       settleBusy();
     }
-    if (state.open !== name) return;
+    if (state.open !== key) return;
   }
-  await markRead(name);
+  await markRead(key);
 }
 
-function closeConversation() {
-  const name = state.open;
+// `focus`: move the focus to the sidebar (not when the page closes it by itself
+// and the focus is elsewhere).
+function closeConversation({ focus = true } = {}) {
+  const key = state.open;
+  const inside = document.activeElement?.closest?.(".conversation");
   state.open = null;
   settleBusy();
   renderAll();
   view.renderMessages(state);
-  view.focusUsers(name);
+  if (focus || inside) view.focusSidebar(key);
 }
 
 async function loadOlder() {
-  const name = state.open;
-  const c = name && state.convs.get(name);
+  const key = state.open;
+  const c = key && state.convs.get(key);
   if (!c || !c.hasMore || c.loadingOlder || c.messages.length === 0) return;
   c.loadingOlder = true;
   try {
-    const page = await loadHistory(name, c.messages[0].id);
+    const page = await loadHistory(key, c.messages[0].id);
     addMessages(c, page.messages);
     c.hasMore = page.has_more;
     // Older messages are history, not news: they go in without being read out.
-    if (state.open === name && state.convs.get(name) === c) {
+    if (state.open === key && state.convs.get(key) === c) {
       view.renderMessages(state, { quiet: true });
     }
   } catch (err) {
-    if (!(err instanceof NetworkError)) throw err;
+    if (!(err instanceof NetworkError) && !(err instanceof Refused)) throw err;
   } finally {
     c.loadingOlder = false;
   }
 }
 
+// We are no longer in a room: its messages and markers are not ours to keep
+// (a later join starts from a new marker), and it cannot stay open.
+function forgetRoom(name) {
+  const key = roomKey(name);
+  state.convs.delete(key);
+  state.readSent.delete(key);
+  state.loading.delete(key);
+  if (state.open === key) closeConversation({ focus: false });
+}
+
+// A room as the server sees it for us now (a `room` event or a reply).
+function applyRoom(room) {
+  if (room.private && !room.joined) state.rooms.delete(room.name); // it no longer exists for us
+  else state.rooms.set(room.name, { ...room });
+  if (!room.joined) forgetRoom(room.name);
+}
+
 // -- events from the server ----------------------------------------------------
 // `pos` is the event's position in the buffer (undefined: our own send's reply).
-// Events at or before `countedUpTo` are already in the users list's counts.
+// Events at or before a list's cursor are already in that list's counts.
 function onMessage(m, pos) {
   const mine = m.from === state.me;
-  const peer = mine ? m.to : m.from;
-  const added = addMessages(conv(peer), [m]);
-  if (peer === state.open && added) view.renderMessages(state, { keepBottom: mine });
+  const inRoom = m.room !== undefined;
+  const key = inRoom ? roomKey(m.room) : userKey(mine ? m.to : m.from);
+  const added = addMessages(conv(key), [m]);
+  if (key === state.open && added) view.renderMessages(state, { keepBottom: mine });
   if (mine) return;
-  if (peer === state.open && visible()) {
-    markRead(peer); // read as it arrives, counted or not
+  if (key === state.open && visible()) {
+    markRead(key); // read as it arrives, counted or not
+    return;
+  }
+  if (inRoom) {
+    if (pos === undefined || pos <= state.roomsCountedUpTo) return;
+    const room = state.rooms.get(m.room);
+    if (!room?.joined) {
+      state.needRooms = true; // a room we do not know yet: the list will count it
+      return;
+    }
+    room.unread += 1;
+    if (mentions(m.text, state.me)) room.mentions += 1;
     return;
   }
   if (pos === undefined || pos <= state.countedUpTo) return;
-  const user = state.users.get(peer);
+  const user = state.users.get(m.from);
   if (user) user.unread += 1;
   else state.needUsers = true; // someone new: the list will count it
 }
 
 function onRead(ev, pos) {
   // Another tab or window (or this one: every tab hears of every marker) read.
-  if (pos <= state.countedUpTo) return;
-  const user = state.users.get(ev.with);
-  if (!user) {
-    state.needUsers = true;
+  const inRoom = ev.room !== undefined;
+  if (pos <= (inRoom ? state.roomsCountedUpTo : state.countedUpTo)) return;
+  const key = inRoom ? roomKey(ev.room) : userKey(ev.with);
+  const entry = counted(key);
+  if (!entry) {
+    if (inRoom) state.needRooms = true;
+    else state.needUsers = true;
     return;
   }
-  if (user.unread === 0) return; // a marker only ever lowers the count
-  // Read up to the newest message we know of from them: all read. (Every newer
-  // one would have reached us before this event.) Otherwise only the server
-  // can say how many are left.
-  const newest = newestFrom(ev.with);
-  if (newest > 0 && ev.up_to >= newest) user.unread = 0;
+  if (entry.unread === 0 && !entry.mentions) return; // a marker only ever lowers the counts
+  // Read up to the newest message we know of from the others: all read.
+  // (Every newer one would have reached us before this event.) Otherwise
+  // only the server can say how many are left.
+  const newest = newestFromOthers(key);
+  if (newest > 0 && ev.up_to >= newest) {
+    entry.unread = 0;
+    if (inRoom) entry.mentions = 0;
+  } else if (inRoom) state.needRooms = true;
   else state.needUsers = true;
 }
 
@@ -232,24 +321,47 @@ function onPresence(ev, pos) {
   else state.needUsers = true; // someone new registered
 }
 
+// A room we newly see or whose membership (ours) changed: the core's view of
+// it at that moment, counts included.
+function onRoom(ev, pos) {
+  if (pos <= state.roomsCountedUpTo) return;
+  applyRoom(ev.room);
+}
+
+// Someone joined or left a room we are in (or we left it).
+function onMember(ev, pos) {
+  dialogs.memberChanged(ev);
+  // Our own membership comes with a `room` event holding the whole view.
+  if (pos <= state.roomsCountedUpTo || ev.username === state.me) return;
+  const room = state.rooms.get(ev.room);
+  if (room) room.members = Math.max(0, room.members + (ev.joined ? 1 : -1));
+}
+
+const HANDLERS = {
+  message: (ev, pos) => onMessage(ev.message, pos),
+  presence: onPresence,
+  read: onRead,
+  room: onRoom,
+  member: onMember,
+};
+
 function onEvents(events, from) {
   // Buffer cursors are consecutive: event i of a reply sits at from + i + 1.
-  let usersChanged = false;
+  let changed = false;
   for (const [i, ev] of events.entries()) {
-    const pos = from + i + 1;
-    if (ev.type === "message") onMessage(ev.message, pos);
-    else if (ev.type === "presence") onPresence(ev, pos);
-    else if (ev.type === "read") onRead(ev, pos);
-    else continue;
-    usersChanged = true;
+    const handle = HANDLERS[ev.type];
+    if (!handle) continue;
+    handle(ev, from + i + 1);
+    changed = true;
   }
-  if (usersChanged) renderAll();
+  if (changed) renderAll();
 }
 
 async function reload() {
   // After a reset: start again from what the server holds now. What we knew
   // of other conversations may have gaps; they load again when opened.
   await loadUsers();
+  await loadRooms(); // closes a room we are no longer in
   const open = state.open;
   let page = null;
   if (open) {
@@ -257,13 +369,16 @@ async function reload() {
     settleBusy();
     try {
       page = await loadHistory(open);
+    } catch (err) {
+      if (!(err instanceof Refused)) throw err;
     } finally {
       state.loading.delete(open);
       settleBusy();
     }
   }
   state.convs = new Map();
-  if (open) {
+  state.readSent = new Map();
+  if (open && page) {
     const c = conv(open);
     addMessages(c, page.messages);
     c.hasMore = page.has_more;
@@ -271,20 +386,25 @@ async function reload() {
   }
   // Another conversation opened meanwhile: its page may predate the reset.
   state.needReload = state.open !== open;
+  if (open && !page && state.open === open) closeConversation({ focus: false });
   view.renderMessages(state, { rebuild: true }); // busy while rebuilt (view.js)
   renderAll();
+  dialogs.reload();
   if (state.open) markRead(state.open);
 }
 
 // The one loop that talks to the event buffer: list refreshes happen here too,
-// between polls, so every event is counted by the list or by us, never both.
+// between polls, so every event is counted by a list or by us, never both.
 async function pollLoop() {
   let backoff = 250;
   for (;;) {
     let res = null;
     try {
       if (state.needReload) await reload();
-      else if (state.needUsers) await loadUsers();
+      else {
+        if (state.needUsers) await loadUsers();
+        if (state.needRooms) await loadRooms();
+      }
       const q = new URLSearchParams({ cursor: String(state.cursor) });
       if (longpoll) q.set("wait_ms", String(LONGPOLL_WAIT_MS));
       res = checkSession(await api("GET", `/api/poll?${q}`));
@@ -308,11 +428,70 @@ async function pollLoop() {
     const from = state.cursor;
     state.cursor = res.data.cursor;
     onEvents(res.data.events, from);
-    if (!longpoll && res.data.events.length === 0 && !state.needUsers) {
+    if (!longpoll && res.data.events.length === 0 && !state.needUsers && !state.needRooms) {
       await sleep(POLL_INTERVAL_MS);
     }
   }
 }
+
+// -- rooms: what the dialogs ask for ------------------------------------------------
+// Each resolves to null when done, else a sentence to show.
+async function request(method, path, body) {
+  try {
+    return checkSession(await api(method, path, body));
+  } catch (err) {
+    if (!(err instanceof NetworkError)) throw err;
+    return null;
+  }
+}
+
+const roomPath = (name) => `/api/rooms/${encodeURIComponent(name)}`;
+
+// A room from a reply: taken only if the events have not told us already (they
+// are the later word; both are the core's view).
+function adoptRoom(room) {
+  if (!state.rooms.get(room.name)?.joined) applyRoom(room);
+  renderAll();
+}
+
+const roomActions = {
+  open: (key) => openConversation(key),
+  refreshRooms() {
+    state.needRooms = true;
+  },
+  async createRoom(name, isPrivate, members) {
+    const res = await request("POST", "/api/rooms", { room: name, private: isPrivate, members });
+    if (!res?.ok) return refusal(res);
+    adoptRoom(res.data.room);
+    return null;
+  },
+  async joinRoom(name) {
+    const res = await request("POST", `${roomPath(name)}/join`, {});
+    if (!res?.ok) return refusal(res);
+    adoptRoom(res.data.room);
+    return null;
+  },
+  async leaveRoom(name) {
+    const res = await request("POST", `${roomPath(name)}/leave`, {});
+    if (!res?.ok && res?.status !== 403) return refusal(res); // 403: not in it any more
+    const room = state.rooms.get(name);
+    if (room?.joined) {
+      const members = Math.max(0, room.members - 1);
+      applyRoom({ ...room, joined: false, unread: 0, mentions: 0, members });
+    }
+    renderAll();
+    return null;
+  },
+  async addMember(name, username) {
+    const res = await request("POST", `${roomPath(name)}/members`, { username });
+    return res?.ok ? null : refusal(res);
+  },
+  async fetchMembers(name) {
+    const res = await request("GET", `${roomPath(name)}/members`);
+    if (!res?.ok) return { error: refusal(res) };
+    return { names: res.data.members.map((m) => m.username) };
+  },
+};
 
 // -- sending -------------------------------------------------------------------------
 let sending = false;
@@ -320,13 +499,14 @@ let sending = false;
 async function send() {
   const box = $("message");
   const text = box.value;
-  const to = state.open;
-  if (!to || text === "" || sending) return;
+  const key = state.open;
+  if (!key || text === "" || sending) return;
+  const [kind, name] = parseKey(key);
   sending = true;
   $("send").disabled = true;
   view.showSendError("");
   // One id for every retry of this message, so the server stores it once.
-  const body = { to, text, client_msg_id: newId() };
+  const body = { [kind === "room" ? "room" : "to"]: name, text, client_msg_id: newId() };
   const deadline = Date.now() + SEND_RETRY_MS;
   try {
     for (let delay = 250; ; delay = Math.min(delay * 2, 2000)) {
@@ -377,7 +557,7 @@ $("message").addEventListener("input", autosize);
 $("messages").addEventListener("scroll", () => {
   if ($("messages").scrollTop < 80) loadOlder();
 });
-$("back").addEventListener("click", closeConversation);
+$("back").addEventListener("click", () => closeConversation());
 $("logout").addEventListener("click", async () => {
   try {
     await api("POST", "/api/logout", {});
@@ -386,17 +566,24 @@ $("logout").addEventListener("click", async () => {
   }
   go("/login");
 });
-view.bindUsers(openConversation);
+view.bindSidebar({
+  onOpen: openConversation,
+  onNewRoom: (button) => dialogs.openRoomDialog("create", button),
+  onBrowse: (button) => dialogs.openRoomDialog("browse", button),
+});
+dialogs.setup(state, roomActions);
 document.addEventListener("visibilitychange", () => {
   if (visible() && state.open) markRead(state.open);
 });
-// Esc goes back to the people list, as in the desktop client: at phone width
-// (one column) the conversation closes; side by side it stays open.
+// Esc goes back to the sidebar, as in the desktop client: at phone width (one
+// column) the conversation closes; side by side it stays open. In a dialog,
+// Esc closes the dialog (the browser does that) and nothing else.
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || event.isComposing || event.defaultPrevented || !state.open) return;
+  if (dialogs.anyOpen()) return;
   event.preventDefault();
   if (narrow()) closeConversation();
-  else view.focusUsers(state.open);
+  else view.focusSidebar(state.open);
 });
 
 view.paintAvatar($("me-avatar"), state.me);

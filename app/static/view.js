@@ -1,21 +1,50 @@
 // Rendering: state in, DOM out. Every piece of user-supplied text goes through
-// textContent (never innerHTML), so a message is always shown as typed.
+// textContent (or a Text node), never innerHTML, so a name or a message is
+// always shown as typed.
 //
-// Both lists are updated in place rather than rebuilt: the message list is an
+// The lists are updated in place rather than rebuilt: the message list is an
 // aria-live log, so a screen reader announces exactly the rows that are added,
-// and the people list keeps its buttons (and the keyboard focus) across events.
+// and the sidebar keeps its buttons (and the keyboard focus) across events.
+import { mentionRanges } from "./mentions.js";
 
 const $ = (id) => document.getElementById(id);
 
-function el(tag, className, text) {
+// A conversation is a person or a room; its key tells which ("u:Bob", "r:general").
+export const userKey = (name) => `u:${name}`;
+export const roomKey = (name) => `r:${name}`;
+export function parseKey(key) {
+  if (!key) return [null, null];
+  return [key.startsWith("r:") ? "room" : "user", key.slice(2)];
+}
+
+export function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
 }
 
-function setText(node, text) {
+export function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
+}
+
+// Small line icons, built as DOM (no markup strings).
+const ICONS = {
+  lock: ["M7 11V8a5 5 0 0 1 10 0v3", "M5 11h14v10H5z"],
+  hash: ["M9 4 7 20", "M17 4l-2 16", "M4 9h16", "M3 15h16"],
+};
+export function icon(name) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("class", `icon icon-${name}`);
+  for (const d of ICONS[name]) {
+    const path = document.createElementNS(ns, "path");
+    path.setAttribute("d", d);
+    svg.append(path);
+  }
+  return svg;
 }
 
 // A stable, pleasant colour per name for the avatars.
@@ -31,25 +60,43 @@ export function paintAvatar(node, name) {
   node.hidden = !name;
 }
 
-// -- people --------------------------------------------------------------------------
-// One <li><button> per user, kept for the page's life: name -> its nodes.
-const rows = new Map();
-// The one button of the list reachable with Tab (roving tabindex); Up/Down move it.
+function paintRoomAvatar(node, room) {
+  node.replaceChildren(icon(room?.private ? "lock" : "hash"));
+  node.hidden = false;
+}
+
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
+// -- the sidebar: rooms, then people ------------------------------------------------
+// One <li><button> per room and per person, kept while they are listed. All the
+// sidebar's buttons (rooms, "New room", "Browse rooms", people) are one keyboard
+// widget: one Tab stop (roving tabindex), Up/Down/Home/End move through all of
+// them, from the rooms into the people.
+const personRows = new Map(); // name -> nodes
+const roomRows = new Map(); // name -> nodes
 let tabStop = null;
 
-// As in the desktop client: online first, then by name.
 const collator = new Intl.Collator(undefined, { sensitivity: "base" });
+// As in the desktop client: online first, then by name.
 function byPresenceThenName(a, b) {
   return Number(b.online) - Number(a.online) || collator.compare(a.username, b.username);
 }
 
+function navButton(className, key) {
+  const button = el("button", `nav-item ${className}`);
+  button.type = "button";
+  button.dataset.key = key;
+  button.tabIndex = -1;
+  button.setAttribute("aria-describedby", "sidebar-keys");
+  return button;
+}
+
 function userRow(name) {
   const li = el("li");
-  const button = el("button", "user");
-  button.type = "button";
+  const button = navButton("user", userKey(name));
   button.dataset.name = name;
-  button.tabIndex = -1;
-  button.setAttribute("aria-describedby", "people-keys");
   const avatar = el("span", "avatar");
   avatar.setAttribute("aria-hidden", "true");
   paintAvatar(avatar, name);
@@ -62,16 +109,20 @@ function userRow(name) {
   button.append(avatar, el("span", "user-name", name), status, unread);
   li.append(button);
   const row = { li, button, dot, status, unread, badge };
-  rows.set(name, row);
+  personRows.set(name, row);
   return row;
 }
 
-function updateRow(row, user, open) {
+function markCurrent(button, current) {
+  if (current) button.setAttribute("aria-current", "true");
+  else button.removeAttribute("aria-current");
+}
+
+function updateUserRow(row, user, open) {
   const { button, dot, status, unread, badge } = row;
   dot.classList.toggle("online", user.online);
   setText(status, user.online ? ", online" : ", offline");
-  if (user.username === open) button.setAttribute("aria-current", "true");
-  else button.removeAttribute("aria-current");
+  markCurrent(button, userKey(user.username) === open);
   if (user.unread > 0) {
     setText(badge, user.unread > 99 ? "99+" : String(user.unread));
     setText(unread, `, ${user.unread} unread`);
@@ -82,6 +133,54 @@ function updateRow(row, user, open) {
   }
 }
 
+function roomRow(name) {
+  const li = el("li");
+  const button = navButton("room", roomKey(name));
+  button.dataset.room = name;
+  const mark = el("span", "room-mark");
+  mark.setAttribute("aria-hidden", "true");
+  const label = el("span", "room-name", name);
+  const kind = el("span", "visually-hidden"); // ", private room" / ", room"
+  const counts = el("span", "visually-hidden"); // ", 3 unread, 1 mention"
+  const mentionBadge = el("span", "badge badge-mention");
+  mentionBadge.setAttribute("aria-hidden", "true");
+  const unreadBadge = el("span", "badge badge-room");
+  unreadBadge.setAttribute("aria-hidden", "true");
+  button.append(mark, label, kind, counts);
+  li.append(button);
+  const row = { li, button, mark, kind, counts, mentionBadge, unreadBadge, private: null };
+  roomRows.set(name, row);
+  return row;
+}
+
+function updateRoomRow(row, room, open) {
+  const { button, mark, kind, counts, mentionBadge, unreadBadge } = row;
+  if (row.private !== room.private) {
+    row.private = room.private;
+    mark.replaceChildren(icon(room.private ? "lock" : "hash"));
+    setText(kind, room.private ? ", private room" : ", room");
+  }
+  markCurrent(button, roomKey(room.name) === open);
+  button.classList.toggle("has-unread", room.unread > 0);
+  const words = [];
+  if (room.unread > 0) words.push(`${room.unread} unread`);
+  if (room.mentions > 0) words.push(plural(room.mentions, "mention", "mentions"));
+  setText(counts, words.length ? `, ${words.join(", ")}` : "");
+  // The mention mark first: it is the one that asks for you.
+  if (room.mentions > 0) {
+    setText(mentionBadge, `@${room.mentions > 99 ? "99+" : room.mentions}`);
+    if (!mentionBadge.isConnected) button.append(mentionBadge);
+  } else {
+    mentionBadge.remove();
+  }
+  if (room.unread > 0) {
+    setText(unreadBadge, room.unread > 99 ? "99+" : String(room.unread));
+    if (!unreadBadge.isConnected) button.append(unreadBadge);
+  } else {
+    unreadBadge.remove();
+  }
+}
+
 function setTabStop(button) {
   if (tabStop === button) return;
   if (tabStop) tabStop.tabIndex = -1;
@@ -89,46 +188,87 @@ function setTabStop(button) {
   if (button) button.tabIndex = 0;
 }
 
-export function renderUsers(state) {
-  const list = $("users");
-  const focused = document.activeElement;
-  const users = [...state.users.values()].sort(byPresenceThenName);
-  const names = new Set(users.map((u) => u.username));
+// Bring `list` in line with `items` (in order), making rows with `make` and
+// dropping the rows of items gone. Only what is out of place moves.
+function syncList(list, rows, items, nameOf, make, update) {
+  const names = new Set(items.map(nameOf));
   for (const [name, row] of rows) {
     if (names.has(name)) continue;
     row.li.remove();
     rows.delete(name);
     if (tabStop === row.button) tabStop = null;
   }
-  users.forEach((user, i) => {
-    const row = rows.get(user.username) || userRow(user.username);
-    updateRow(row, user, state.open);
-    // Move only what is out of place (presence re-sorts the list).
+  items.forEach((item, i) => {
+    const row = rows.get(nameOf(item)) || make(nameOf(item));
+    update(row, item);
     if (list.children[i] !== row.li) list.insertBefore(row.li, list.children[i] || null);
   });
+}
+
+function roomsWhere(state, joined) {
+  const rooms = [...state.rooms.values()].filter((r) => r.joined === joined);
+  return rooms.sort((a, b) => collator.compare(a.name, b.name));
+}
+
+export const joinedRooms = (state) => roomsWhere(state, true);
+export const joinableRooms = (state) => roomsWhere(state, false);
+
+export function renderSidebar(state) {
+  const focused = document.activeElement;
+  const rooms = joinedRooms(state);
+  syncList($("rooms"), roomRows, rooms, (r) => r.name, roomRow, (row, room) =>
+    updateRoomRow(row, room, state.open),
+  );
+  $("rooms-empty").hidden = rooms.length > 0;
+  const more = joinableRooms(state).length;
+  setText($("browse-count"), more > 0 ? String(more) : "");
+  const label = more > 0 ? `Browse rooms, ${plural(more, "room", "rooms")} to join` : "Browse rooms";
+  const browse = $("browse-rooms");
+  if (browse.getAttribute("aria-label") !== label) browse.setAttribute("aria-label", label);
+
+  const users = [...state.users.values()].sort(byPresenceThenName);
+  syncList($("users"), personRows, users, (u) => u.username, userRow, (row, user) =>
+    updateUserRow(row, user, state.open),
+  );
   // Moving a node drops its focus: give it back.
   if (focused && focused !== document.activeElement && focused.isConnected) {
     focused.focus({ preventScroll: true });
   }
-  if (!tabStop) setTabStop((rows.get(state.open) || rows.get(users[0]?.username))?.button || null);
+  if (!tabStop) setTabStop(buttonFor(state.open) || firstStop());
 }
 
-// One set of listeners for the whole list: click (or Enter/Space) opens,
-// Up/Down/Home/End move the focus from person to person.
-export function bindUsers(onOpen) {
-  const list = $("users");
-  list.addEventListener("click", (event) => {
-    const button = event.target.closest(".user");
-    if (button && list.contains(button)) onOpen(button.dataset.name);
+function buttonFor(key) {
+  const [kind, name] = parseKey(key);
+  if (kind === "room") return roomRows.get(name)?.button || null;
+  if (kind === "user") return personRows.get(name)?.button || null;
+  return null;
+}
+
+// With nothing open the Tab stop is the first person (the list people had
+// before there were rooms), else the first room, else "New room".
+function firstStop() {
+  return $("users").querySelector(".nav-item") || $("sidebar").querySelector(".nav-item");
+}
+
+// One set of listeners for the whole sidebar: a room or a person opens on
+// click (or Enter/Space); Up/Down/Home/End move the focus through every item.
+export function bindSidebar({ onOpen, onNewRoom, onBrowse }) {
+  const nav = $("sidebar");
+  nav.addEventListener("click", (event) => {
+    const button = event.target.closest(".nav-item");
+    if (!button || !nav.contains(button)) return;
+    if (button.id === "new-room") onNewRoom(button);
+    else if (button.id === "browse-rooms") onBrowse(button);
+    else if (button.dataset.key) onOpen(button.dataset.key);
   });
-  list.addEventListener("focusin", (event) => {
-    const button = event.target.closest(".user");
+  nav.addEventListener("focusin", (event) => {
+    const button = event.target.closest(".nav-item");
     if (button) setTabStop(button);
   });
-  list.addEventListener("keydown", (event) => {
-    const button = event.target.closest(".user");
-    if (!button || event.altKey || event.ctrlKey || event.metaKey) return;
-    const buttons = [...list.querySelectorAll(".user")];
+  nav.addEventListener("keydown", (event) => {
+    const button = event.target.closest(".nav-item");
+    if (!button || event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    const buttons = [...nav.querySelectorAll(".nav-item")];
     const at = buttons.indexOf(button);
     const to = {
       ArrowUp: at - 1,
@@ -138,13 +278,15 @@ export function bindUsers(onOpen) {
     }[event.key];
     if (to === undefined) return;
     event.preventDefault();
-    buttons[Math.max(0, Math.min(buttons.length - 1, to))]?.focus();
+    const target = buttons[Math.max(0, Math.min(buttons.length - 1, to))];
+    target?.focus();
+    target?.scrollIntoView({ block: "nearest" });
   });
 }
 
-// Focus the people list: the open conversation's person, else the list's tab stop.
-export function focusUsers(name) {
-  const button = rows.get(name)?.button || tabStop;
+// Focus the sidebar: the item of `key` (a conversation), else its Tab stop.
+export function focusSidebar(key) {
+  const button = buttonFor(key) || tabStop || firstStop();
   button?.focus();
   return Boolean(button);
 }
@@ -152,20 +294,36 @@ export function focusUsers(name) {
 export function renderTitle(state) {
   let total = 0;
   for (const user of state.users.values()) total += user.unread;
+  for (const room of state.rooms.values()) if (room.joined) total += room.unread;
   const title = total > 0 ? `(${total}) Chat` : "Chat";
   if (document.title !== title) document.title = title;
 }
 
 export function renderHeader(state) {
-  const peer = state.open;
-  const user = peer ? state.users.get(peer) : null;
-  setText($("peer-name"), peer || "No conversation open");
-  setText($("peer-status"), user ? (user.online ? "online" : "offline") : "");
+  const [kind, name] = parseKey(state.open);
+  const user = kind === "user" ? state.users.get(name) : null;
+  const room = kind === "room" ? state.rooms.get(name) : null;
+  setText($("peer-kind"), kind === "room" ? "Room " : "");
+  setText($("peer-label"), name || "No conversation open");
+  let status = "";
+  if (user) status = user.online ? "online" : "offline";
+  if (room) {
+    status = `${room.private ? "private" : "public"} · ${plural(room.members, "member", "members")}`;
+  }
+  setText($("peer-status"), status);
   $("peer-status").classList.toggle("online", Boolean(user?.online));
-  paintAvatar($("peer-avatar"), peer);
-  $("layout").classList.toggle("show-conv", Boolean(peer));
-  $("message").disabled = !peer;
-  $("send").disabled = !peer;
+  if (kind === "room") paintRoomAvatar($("peer-avatar"), room);
+  else {
+    $("peer-avatar").replaceChildren();
+    paintAvatar($("peer-avatar"), name);
+  }
+  $("peer-avatar").classList.toggle("room-avatar", kind === "room");
+  $("room-tools").hidden = kind !== "room";
+  $("layout").classList.toggle("show-conv", Boolean(kind));
+  $("message").disabled = !kind;
+  $("send").disabled = !kind;
+  const placeholder = kind === "room" ? `Message #${name}…` : "Write a message…";
+  if ($("message").placeholder !== placeholder) $("message").placeholder = placeholder;
 }
 
 // -- messages ----------------------------------------------------------------------------
@@ -174,27 +332,62 @@ const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: "long", month: "sho
 
 // What the log shows now: whose conversation, and the row of each message id.
 // At first: nobody, and the page's own hint.
-const shown = { peer: null, rows: new Map(), historyHint: null, emptyHint: $("empty-hint") };
+const shown = { key: null, rows: new Map(), historyHint: null, emptyHint: $("empty-hint") };
+
+// The message's text, with each "@you" marked when it mentions you.
+function textOf(m, me, mentioned) {
+  const p = el("p", "text");
+  if (!mentioned) {
+    p.textContent = m.text;
+    return p;
+  }
+  let last = 0;
+  for (const [start, end] of mentionRanges(m.text, me)) {
+    if (start > last) p.append(m.text.slice(last, start));
+    p.append(el("mark", "at-me", m.text.slice(start, end)));
+    last = end;
+  }
+  if (last < m.text.length) p.append(m.text.slice(last));
+  return p;
+}
 
 function messageRow(m, me) {
   const when = new Date(m.ts);
   const mine = m.from === me;
-  const row = el("div", mine ? "msg mine" : "msg theirs");
+  const inRoom = m.room !== undefined;
+  const mentioned = inRoom && !mine && mentionRanges(m.text, me).length > 0;
+  const row = el("div", `msg ${mine ? "mine" : "theirs"}${inRoom ? " in-room" : ""}`);
+  if (mentioned) row.classList.add("mention");
   row.dataset.id = String(m.id);
+  row.dataset.from = m.from;
   row.dataset.day = dayFmt.format(when);
   const bubble = el("div", "bubble");
-  const who = el("span", "visually-hidden", mine ? "You: " : `${m.from}: `);
-  const text = el("p", "text", m.text);
+  let who = mine ? "You: " : `${m.from}: `;
+  if (mentioned) who = `${m.from}, mentioning you: `;
+  if (inRoom && !mine) {
+    // Who wrote it, on screen (read out by `who` below, once).
+    const avatar = el("span", "avatar avatar-sm");
+    avatar.setAttribute("aria-hidden", "true");
+    paintAvatar(avatar, m.from);
+    row.append(avatar);
+    const sender = el("span", "sender", m.from);
+    sender.setAttribute("aria-hidden", "true");
+    sender.style.setProperty("--avatar-hue", String(hue(m.from)));
+    bubble.append(sender);
+  }
+  const text = textOf(m, me, mentioned);
   const time = el("time", "time", timeFmt.format(when));
   time.dateTime = m.ts;
-  bubble.append(who, text, time);
+  bubble.append(el("span", "visually-hidden", who), text, time);
   row.append(bubble);
   return row;
 }
 
-// One day separator before the first message of each day, wherever rows went in.
-function fixDays(box) {
+// One day separator before the first message of each day, wherever rows went
+// in; and in a room, a run of messages from one sender shows the name once.
+function fixRows(box) {
   let lastDay = null;
+  let lastFrom = null;
   for (const node of [...box.children]) {
     if (node.classList.contains("msg")) {
       const day = node.dataset.day;
@@ -203,10 +396,13 @@ function fixDays(box) {
       if (day !== lastDay) {
         if (hasSep) setText(prev, day);
         else box.insertBefore(el("p", "day", day), node);
+        lastFrom = null;
       } else if (hasSep) {
         prev.remove();
       }
+      node.classList.toggle("follow", node.dataset.from === lastFrom);
       lastDay = day;
+      lastFrom = node.dataset.from;
     } else if (node.classList.contains("day")) {
       if (!node.nextElementSibling?.classList.contains("msg")) node.remove(); // a day left empty
     }
@@ -243,20 +439,21 @@ export function setBusy(busy) {
 // A rebuild, and a `quiet` update (an older page), happen with the log busy.
 export function renderMessages(state, { keepBottom = false, rebuild = false, quiet = false } = {}) {
   const box = $("messages");
-  const peer = state.open;
-  const conv = peer ? state.convs.get(peer) : null;
+  const key = state.open;
+  const conv = key ? state.convs.get(key) : null;
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
-  const rebuilding = rebuild || peer !== shown.peer;
+  const rebuilding = rebuild || key !== shown.key;
   if (rebuilding || quiet) box.setAttribute("aria-busy", "true");
   if (rebuilding) {
     box.replaceChildren();
-    shown.peer = peer;
+    shown.key = key;
     shown.rows = new Map();
     shown.historyHint = shown.emptyHint = null;
     keepBottom = true;
   }
   if (!conv) {
-    syncHint(box, "emptyHint", true, "empty-hint", "Pick someone to start chatting.", false);
+    const hint = "Pick a room or someone to start chatting.";
+    syncHint(box, "emptyHint", true, "empty-hint", hint, false);
   } else {
     syncRows(box, state, conv, keepBottom || atBottom);
   }
@@ -264,13 +461,14 @@ export function renderMessages(state, { keepBottom = false, rebuild = false, qui
 }
 
 function syncRows(box, state, conv, toBottom) {
-  const peer = state.open;
+  const [kind, name] = parseKey(state.open);
   // The reader's place: the oldest row shown, wherever it moves.
   const anchor = box.querySelector(".msg");
   const anchorTop = anchor?.getBoundingClientRect().top;
   syncHint(box, "historyHint", conv.hasMore, "history-hint", "Scroll up for older messages", true);
   const empty = conv.loaded && conv.messages.length === 0;
-  const hello = `No messages with ${peer} yet. Say hello!`;
+  const where = kind === "room" ? `in #${name}` : `with ${name}`;
+  const hello = `No messages ${where} yet. Say hello!`;
   syncHint(box, "emptyHint", empty, "empty-hint", hello, false);
   // Newest first: each missing row goes in right before the next newer one shown.
   let added = false;
@@ -287,7 +485,7 @@ function syncRows(box, state, conv, toBottom) {
     next = row;
   }
   if (shown.historyHint && shown.historyHint !== box.firstChild) box.prepend(shown.historyHint);
-  if (added) fixDays(box);
+  if (added) fixRows(box);
   if (toBottom) {
     box.scrollTop = box.scrollHeight;
   } else if (anchor?.isConnected) {

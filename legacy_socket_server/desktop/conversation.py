@@ -1,4 +1,4 @@
-"""Plain state the model holds: users and the open conversation (no IO, no Tk)."""
+"""Plain state the model holds: users, rooms and the open conversation (no IO, no Tk)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,60 @@ class User:
 
 
 @dataclass
-class Conversation:
-    """The messages of one peer shown so far, oldest first, unique by id."""
+class Room:
+    """A room as this user sees it (docs/protocol.md#rooms); ``members`` is the count."""
 
-    peer: str
+    name: str
+    private: bool = False
+    members: int = 0
+    joined: bool = False
+    unread: int = 0
+    mentions: int = 0
+
+    @classmethod
+    def from_view(cls, view: dict[str, Any]) -> Room:
+        joined = bool(view.get("joined"))
+        return cls(
+            name=str(view["name"]),
+            private=bool(view.get("private")),
+            members=int(view.get("members", 0)),
+            joined=joined,
+            unread=int(view.get("unread", 0)) if joined else 0,
+            mentions=int(view.get("mentions", 0)) if joined else 0,
+        )
+
+
+def room_key(name: str) -> str:
+    """The key of a room's draft (user names never start with ``#``)."""
+    return f"#{name}"
+
+
+@dataclass
+class Conversation:
+    """The messages of one peer (or one room) shown so far, oldest first, unique by id."""
+
+    peer: str  # the other user's name, or the room's name when ``is_room``
+    is_room: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
     has_more: bool = False  # older messages exist on the server
     loading: bool = False  # a history request is in flight
     _ids: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Drafts are kept under this: the peer's name, or ``#room``."""
+        return room_key(self.peer) if self.is_room else self.peer
+
+    def holds(self, msg: dict[str, Any], me: str | None) -> bool:
+        """True if ``msg`` (a message or an unconfirmed one) belongs to this conversation."""
+        if self.is_room:
+            return msg.get("room") == self.peer
+        if "room" in msg:
+            return False
+        return self.peer in (msg.get("to"), msg.get("from")) and me in (
+            msg.get("to"),
+            msg.get("from"),
+        )
 
     @property
     def oldest_id(self) -> int | None:
@@ -62,10 +108,17 @@ def snapshot(client: Any) -> dict[str, Any]:
         "error": client.error,
         "username": client.username,
         "users": [vars(u) for u in client.sorted_users()],
+        "rooms": [vars(r) for r in client.sorted_rooms()],
         "total_unread": client.total_unread,
+        "total_mentions": client.total_mentions,
         "peer": client.peer,
+        "room": client.room,
+        "room_members": client.member_list(client.room) if client.room else None,
         "messages": [
-            {k: m.get(k) for k in ("id", "from", "to", "text", "pending")}
+            {
+                **{k: m.get(k) for k in ("id", "from", "to", "text", "pending")},
+                **({"room": m["room"], "mention": client.mentions_me(m)} if "room" in m else {}),
+            }
             for m in client.visible_messages()
         ],
         "has_more": client.has_more,

@@ -1,10 +1,15 @@
-"""The desktop client's model: connection, login, users, the open conversation.
+"""The desktop client's model: connection, login, users, rooms, the open conversation.
 
 ``ChatClient`` owns a non-blocking :class:`~.transport.Connection` and all the
 state the window shows; it never imports Tk (docs/architecture.md#desktop-client). The
 window calls :meth:`ChatClient.tick` every 100 ms; each tick moves bytes,
 applies replies and events, and returns the names of what changed so the view
 redraws only that. Nothing blocks and nothing runs on a thread.
+
+Counts (unread per person and per room, mentions per room) start from a list
+the core sends with a cursor (the login reply, or a ``users``/``rooms`` reply)
+and then follow the events after that cursor. A ``room`` event carries the
+core's view of one room at that point of the stream and replaces ours.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..contract import MAX_TEXT_CHARS, iso_timestamp
-from .conversation import Conversation, User
+from ..rooms import ROOM_NAME_RE, mentioned
+from .conversation import Conversation, Room, User, room_key
 from .transport import CONNECT_TIMEOUT, Connection
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,20 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 #: ``rate_limited`` / ``storage_unavailable`` sends are retried after this.
 SEND_RETRY_DELAY = 2.0
+#: A ``users``/``rooms`` list crossed by a poll reply is asked for again at most
+#: this many times, then taken as it is (see :meth:`ChatClient._send_lists`).
+LIST_PAIRING_TRIES = 5
+
+#: ``done(ok, message)``: how a room action ended (message: the core's sentence).
+Done = Callable[[bool, str | None], None]
+
+NOT_CONNECTED = "Not connected to the server right now; try again when it is back."
+
+
+def normalise_room_name(name: str) -> str | None:
+    """``name`` as the core will store it (lowercased), or None if the core would refuse it."""
+    name = name.strip().lower()
+    return name if ROOM_NAME_RE.fullmatch(name) else None
 
 
 class ChatClient:
@@ -65,9 +85,13 @@ class ChatClient:
         self.username: str | None = None
         self.login_name = ""  # pre-fills the login form after a refused resume
         self.users: dict[str, User] = {}
+        self.rooms: dict[str, Room] = {}
+        #: room -> its member names as last listed (``room_members``), kept up to
+        #: date by ``member`` events; online dots come from ``users``.
+        self.members: dict[str, list[str]] = {}
         self.conv: Conversation | None = None  # the open conversation
         self.cursor: int | None = None
-        self.drafts: dict[str, str] = {}
+        self.drafts: dict[str, str] = {}  # by Conversation.key: "Bob", "#general"
         self.reconnect_attempts = 0
         self._token: str | None = None
         self._conn: Connection | None = None
@@ -76,11 +100,23 @@ class ChatClient:
         self._outbox: dict[str, dict[str, Any]] = {}  # client_msg_id -> pending message
         self._retry_at = 0.0
         self._changes: set[str] = set()
+        self._poll_replies = 0  # poll replies applied on this connection
+        self._wanted: dict[str, int] = {}  # list purpose to ask for -> tries so far
 
     # -- what the view reads ----------------------------------------------------------
     @property
     def peer(self) -> str | None:
-        return self.conv.peer if self.conv else None
+        """The other user of the open direct conversation (None for a room)."""
+        return self.conv.peer if self.conv and not self.conv.is_room else None
+
+    @property
+    def room(self) -> str | None:
+        """The open room's name (None for a direct conversation)."""
+        return self.conv.peer if self.conv and self.conv.is_room else None
+
+    @property
+    def conv_key(self) -> str | None:
+        return self.conv.key if self.conv else None
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -95,14 +131,51 @@ class ChatClient:
         """Online users first, then by name (case-insensitive)."""
         return sorted(self.users.values(), key=lambda u: (not u.online, u.username.casefold()))
 
+    def sorted_rooms(self) -> list[Room]:
+        """Joined rooms first, then by name."""
+        return sorted(self.rooms.values(), key=lambda r: (not r.joined, r.name))
+
+    def public_rooms_to_join(self) -> list[Room]:
+        return [r for r in self.sorted_rooms() if not r.joined and not r.private]
+
     @property
     def total_unread(self) -> int:
-        return sum(u.unread for u in self.users.values())
+        """Unread messages from people and in joined rooms (the window title's count)."""
+        people = sum(u.unread for u in self.users.values())
+        return people + sum(r.unread for r in self.rooms.values() if r.joined)
+
+    @property
+    def total_mentions(self) -> int:
+        return sum(r.mentions for r in self.rooms.values() if r.joined)
 
     def visible_messages(self) -> list[dict[str, Any]]:
         """The open conversation: confirmed messages, then our unconfirmed ones."""
-        pending = [m for m in self._outbox.values() if m["to"] == self.peer]
+        if self.conv is None:
+            return []
+        pending = [m for m in self._outbox.values() if self.conv.holds(m, self.username)]
         return self.messages + pending
+
+    def mentions_me(self, msg: dict[str, Any]) -> bool:
+        """True for a room message from someone else with ``@`` and this user's name."""
+        me = self.username
+        if not me or "room" not in msg or msg.get("from") == me:
+            return False
+        low = me.lower()
+        return me in mentioned(msg.get("text", ""), lambda n: me if n == low else None)
+
+    def member_list(self, room: str | None) -> list[dict[str, Any]] | None:
+        """The room's members as last listed, each with a live online flag; None if unknown."""
+        names = self.members.get(room or "")
+        if names is None:
+            return None
+        return [
+            {"username": n, "online": n == self.username or self._online(n)}
+            for n in sorted(names, key=str.casefold)
+        ]
+
+    def _online(self, name: str) -> bool:
+        user = self.users.get(name)
+        return bool(user and user.online)
 
     @property
     def pending_count(self) -> int:
@@ -129,7 +202,23 @@ class ChatClient:
             return
         self.conv = Conversation(peer)
         self._load_history(kind="open")
-        self._changed("conversation", "users")
+        self._changed("conversation", "users", "rooms")
+
+    def open_room(self, name: str) -> bool:
+        """Open a joined room's conversation; False if there is no such joined room."""
+        room = self.rooms.get(name)
+        if room is None or not room.joined:
+            return False
+        if name != self.room:
+            self.conv = Conversation(name, is_room=True)
+            self._load_history(kind="open")
+            self._changed("conversation", "users", "rooms")
+        return True
+
+    def close_conversation(self) -> None:
+        if self.conv is not None:
+            self.conv = None
+            self._changed("conversation", "users", "rooms")
 
     def load_older(self) -> bool:
         """Ask for the page before the oldest message shown; False if there is none."""
@@ -141,7 +230,7 @@ class ChatClient:
 
     def send(self, text: str) -> bool:
         """Queue ``text`` to the open conversation; False (nothing sent) if unusable."""
-        if self.peer is None or not text.strip() or self.phase == CLOSED:
+        if self.conv is None or not text.strip() or self.phase == CLOSED:
             return False
         # The core's limit, checked here so a person gets the message before a round trip.
         if len(text) > MAX_TEXT_CHARS:
@@ -151,15 +240,9 @@ class ChatClient:
             self._changed("status")
             return False
         cid = uuid.uuid4().hex
-        item = {
-            "id": None,
-            "from": self.username,
-            "to": self.peer,
-            "text": text,
-            "ts": iso_timestamp(),
-            "client_msg_id": cid,
-            "pending": True,
-        }
+        item: dict[str, Any] = {"id": None, "from": self.username}
+        item["room" if self.conv.is_room else "to"] = self.conv.peer
+        item.update({"text": text, "ts": iso_timestamp(), "client_msg_id": cid, "pending": True})
         self._outbox[cid] = item
         self._flush_outbox()
         if self._conn is not None:
@@ -167,11 +250,58 @@ class ChatClient:
         self._changed("conversation")
         return True
 
-    def set_draft(self, peer: str, text: str) -> None:
+    def set_draft(self, key: str, text: str) -> None:
+        """Keep ``text`` for the conversation ``key`` (a peer's name, or ``#room``)."""
         if text:
-            self.drafts[peer] = text
+            self.drafts[key] = text
         else:
-            self.drafts.pop(peer, None)
+            self.drafts.pop(key, None)
+
+    # Room actions. Each returns a sentence for a person if it cannot even be
+    # asked (not connected, a name the core would refuse), else None; the core's
+    # answer comes later to ``done(ok, message)`` (and, without ``done``, a
+    # refusal shows as ``error``).
+    def create_room(
+        self,
+        name: str,
+        private: bool = False,
+        members: Iterable[str] = (),
+        done: Done | None = None,
+    ) -> str | None:
+        room = normalise_room_name(name)
+        if room is None:
+            return (
+                "Room names are 1-40 characters: a-z, 0-9, '-' and '_', "
+                "starting with a letter or digit."
+            )
+        fields: dict[str, Any] = {"room": room, "private": bool(private)}
+        others = sorted({m for m in members if m and m != self.username})
+        if others:
+            fields["members"] = others
+        return self._room_request("create_room", fields, done, name=room)
+
+    def join_room(self, name: str, done: Done | None = None) -> str | None:
+        return self._room_request("join_room", {"room": name}, done, name=name)
+
+    def leave_room(self, name: str, done: Done | None = None) -> str | None:
+        return self._room_request("leave_room", {"room": name}, done, name=name)
+
+    def add_member(self, room: str, username: str, done: Done | None = None) -> str | None:
+        username = username.strip()
+        if not username:
+            return "Type the name of the person to add."
+        fields = {"room": room, "username": username}
+        return self._room_request("add_member", fields, done, name=room)
+
+    def load_members(self, room: str, done: Done | None = None) -> str | None:
+        """Ask for the room's member list (then ``member_list(room)``)."""
+        return self._room_request("room_members", {"room": room}, done, name=room)
+
+    def refresh_rooms(self) -> None:
+        """Ask the core for the room list again (counts of rooms we are not in go stale:
+        nobody tells us when someone joins those)."""
+        if self.phase == READY:
+            self._want("rooms")
 
     def close(self) -> None:
         """Send ``exit`` (the user goes offline, the token ends) and stop."""
@@ -197,6 +327,7 @@ class ChatClient:
             self._start_resume()
         if self.phase == READY:
             self._ensure_poll()
+            self._send_lists()  # after the poll: see _send_lists
             self._flush_outbox()
         if self._conn is not None:
             # Requests queued during this tick leave now, not 100 ms later.
@@ -215,11 +346,16 @@ class ChatClient:
         if self._conn is not None:
             self._conn.close()
         self._conn = None
+        inflight = list(self._inflight.values())
         self._inflight.clear()
         if self.conv is not None:
             self.conv.loading = False
         for item in self._outbox.values():
             item.pop("inflight", None)
+        for _, context, _ in inflight:
+            done = context.get("done")
+            if done is not None:  # a room action whose answer will never come
+                done(False, "The connection to the server was lost; try again.")
 
     def _start_resume(self) -> None:
         self._conn = self._new_connection()
@@ -256,6 +392,15 @@ class ChatClient:
         rid = next(self._ids)
         self._inflight[rid] = (purpose, context, self._clock())
         self._conn.send({"purpose": purpose, "id": rid, **fields})
+
+    def _room_request(
+        self, purpose: str, fields: dict[str, Any], done: Done | None, **context: Any
+    ) -> str | None:
+        if self.phase != READY or self._conn is None:
+            return NOT_CONNECTED
+        self._request(purpose, fields, done=done, **context)
+        self._conn.flush()
+        return None
 
     def _on_packet(self, packet: dict[str, Any]) -> None:
         entry = self._inflight.pop(packet.get("id"), None)  # type: ignore[arg-type]
@@ -298,48 +443,106 @@ class ChatClient:
         self.username = reply["username"]
         self.login_name = self.username
         self._token = reply["token"]
+        # The lists hold every event up to this cursor; polls start from it.
         self.cursor = reply["cursor"]
-        self._set_users(reply["users"], ring=resumed)
+        self._poll_replies = 0
+        self._wanted.clear()
         self.phase = READY
         self.error = None
         self.reconnect_attempts = 0
-        if self.peer is not None:
+        before = self.total_unread
+        self._set_users(reply["users"], ring=False)
+        self._set_rooms(reply.get("rooms", []))
+        if resumed and self.total_unread > before:
+            self._changed("bell")
+        if self.conv is not None:
             self._load_history(kind="reload")
         log.info("%s as %s", "resumed" if resumed else "logged in", self.username)
-        self._changed("phase", "status", "users")
+        self._changed("phase", "status", "users", "rooms")
 
     def _ensure_poll(self) -> None:
         if not any(p == "poll" for p, _, _ in self._inflight.values()):
             self._request("poll", {"cursor": self.cursor, "wait_ms": POLL_WAIT_MS})
 
+    def _want(self, *purposes: str) -> None:
+        """Ask for fresh ``users``/``rooms`` lists at the next tick."""
+        for p in purposes:
+            self._wanted.setdefault(p, 0)
+
+    def _send_lists(self) -> None:
+        """Send the wanted list requests, each paired with the event stream.
+
+        A list counts every event up to the cursor in its reply; we count
+        events on top of it, so we must know which events it already holds.
+        A poll is always open when a list is asked for (``_ensure_poll`` ran
+        first) and the core answers one connection's requests in order, so if
+        no poll reply arrives between the request and its reply, that poll was
+        held while the core built the list: every message, room, member and
+        read event the list counts had reached us before. Otherwise the list is
+        asked for again (docs/protocol.md#events-and-cursors). Presence may
+        arrive up to 100 ms after a list shows it; applying it again changes
+        nothing.
+        """
+        if not self._wanted or self._conn is None:
+            return
+        busy = {p for p, _, _ in self._inflight.values()}
+        for purpose, tries in list(self._wanted.items()):
+            if purpose in busy:
+                continue  # asked already; its reply (or its retry) will do
+            del self._wanted[purpose]
+            self._request(purpose, {}, polls=self._poll_replies, tries=tries)
+
+    def _paired(self, reply: dict[str, Any], purpose: str, polls: int, tries: int) -> bool:
+        """True if the list ``reply`` may be applied; else it is asked for again."""
+        if not reply.get("ok"):
+            log.warning("%s refused: %s", purpose, reply.get("message"))
+            return False
+        if polls != self._poll_replies and tries + 1 < LIST_PAIRING_TRIES:
+            self._wanted[purpose] = tries + 1
+            return False
+        return True
+
     def _on_poll(self, reply: dict[str, Any]) -> None:
         if not reply.get("ok"):
             log.warning("poll refused: %s", reply.get("message"))
             return
+        self._poll_replies += 1
         self.cursor = reply["cursor"]
         if reply.get("reset"):
             # The server lost our place (restart or long absence): reload it all.
-            self._request("users", {})
-            if self.peer is not None:
+            self._want("users", "rooms")
+            if self.conv is not None:
                 self._load_history(kind="reload")
         for event in reply.get("events", []):
             kind = event.get("type")
             if kind == "message":
-                self._on_message_event(event["message"])
+                msg = event["message"]
+                if "room" in msg:
+                    self._on_room_message(msg)
+                else:
+                    self._on_message_event(msg)
             elif kind == "presence":
                 user = self.users.get(event["username"])
                 if user is None:
-                    self._request("users", {})
+                    self._want("users")
                 else:
                     user.online = bool(event["online"])
                     self._changed("users")
             elif kind == "read":
                 # Another of our sessions read a conversation: the server's count is exact.
-                self._request("users", {})
+                self._want("rooms" if "room" in event else "users")
+            elif kind == "room":
+                self._apply_room_view(event["room"])
+            elif kind == "member":
+                self._on_member_event(event)
 
-    def _on_users(self, reply: dict[str, Any]) -> None:
-        if reply.get("ok"):
+    def _on_users(self, reply: dict[str, Any], polls: int = 0, tries: int = 0) -> None:
+        if self._paired(reply, "users", polls, tries):
             self._set_users(reply["users"], ring=False)
+
+    def _on_rooms(self, reply: dict[str, Any], polls: int = 0, tries: int = 0) -> None:
+        if self._paired(reply, "rooms", polls, tries):
+            self._set_rooms(reply["rooms"])
 
     def _set_users(self, users: list[dict[str, Any]], ring: bool) -> None:
         before = self.total_unread
@@ -351,13 +554,61 @@ class ChatClient:
             self._changed("bell")
         self._changed("users")
 
+    def _set_rooms(self, rooms: list[dict[str, Any]]) -> None:
+        self.rooms = {}
+        for view in rooms:
+            room = Room.from_view(view)
+            self.rooms[room.name] = room
+        for name in list(self.members):
+            if name not in self.rooms or not self.rooms[name].joined:
+                del self.members[name]
+        self._check_open_room()
+        self._mark_read()
+        self._changed("rooms")
+
+    def _apply_room_view(self, view: dict[str, Any]) -> None:
+        """A ``room`` event: the core's view of one room at this point of the stream."""
+        room = Room.from_view(view)
+        if room.private and not room.joined:
+            self.rooms.pop(room.name, None)  # no longer visible to us
+        else:
+            self.rooms[room.name] = room
+        if not room.joined:
+            self.members.pop(room.name, None)
+        self._check_open_room()
+        if room.name == self.room:
+            self._mark_read()
+        self._changed("rooms", "members")
+
+    def _check_open_room(self) -> None:
+        """Close the open room if we are no longer in it (left in another session)."""
+        name = self.room
+        if name is not None and not (name in self.rooms and self.rooms[name].joined):
+            self.conv = None
+            self._changed("conversation")
+
+    def _on_member_event(self, event: dict[str, Any]) -> None:
+        name, who, joined = event["room"], event["username"], bool(event["joined"])
+        if who == self.username:
+            return  # our own membership: the ``room`` event that follows says it all
+        room = self.rooms.get(name)
+        if room is not None:
+            room.members = max(0, room.members + (1 if joined else -1))
+        listed = self.members.get(name)
+        if listed is not None:
+            if joined and who not in listed:
+                listed.append(who)
+            elif not joined and who in listed:
+                listed.remove(who)
+        self._changed("rooms", "members")
+
     def _on_message_event(self, msg: dict[str, Any]) -> None:
         mine = msg["from"] == self.username
         other = msg["to"] if mine else msg["from"]
         if mine and msg.get("client_msg_id") in self._outbox:
             del self._outbox[msg["client_msg_id"]]
         if other not in self.users:
-            self._request("users", {})
+            self._want("users")
         if other == self.peer:
             self._add_messages([msg])
             if not mine:
@@ -366,10 +617,31 @@ class ChatClient:
             self.users[other].unread += 1
             self._changed("users", "bell")
 
+    def _on_room_message(self, msg: dict[str, Any]) -> None:
+        name = msg["room"]
+        mine = msg["from"] == self.username
+        if mine and msg.get("client_msg_id") in self._outbox:
+            del self._outbox[msg["client_msg_id"]]
+            self._changed("conversation")
+        room = self.rooms.get(name)
+        if room is None:
+            self._want("rooms")  # a room we have not heard of yet
+        if name == self.room:
+            self._add_messages([msg])
+            if not mine:
+                self._mark_read()
+        elif not mine and room is not None and room.joined:
+            room.unread += 1
+            if self.mentions_me(msg):
+                room.mentions += 1
+                self._changed("bell")  # a room rings only when it calls you
+            self._changed("rooms")
+
     def _load_history(self, kind: str, before: int | None = None) -> None:
         if self.phase != READY or self._conn is None or self.conv is None:
             return
-        fields: dict[str, Any] = {"with": self.conv.peer, "limit": HISTORY_PAGE}
+        target = "room" if self.conv.is_room else "with"
+        fields: dict[str, Any] = {target: self.conv.peer, "limit": HISTORY_PAGE}
         if before is not None:
             fields["before"] = before
         self.conv.loading = True
@@ -381,7 +653,7 @@ class ChatClient:
         conv.loading = False
         if not reply.get("ok"):
             self.error = reply.get("message")
-            self._changed("status")
+            self._changed("status", "conversation")
             return
         page = reply["messages"]
         oldest = conv.oldest_id
@@ -400,11 +672,25 @@ class ChatClient:
             self._changed("conversation")
 
     def _mark_read(self) -> None:
-        user = self.users.get(self.peer or "")
-        if user is None or not self.messages or self.phase != READY:
+        conv = self.conv
+        if conv is None or not conv.messages or self.phase != READY:
             return
-        if user.unread or self.messages[-1]["from"] == self.peer:
-            self._request("read", {"with": self.peer, "up_to": self.messages[-1]["id"]})
+        last = conv.messages[-1]
+        if conv.is_room:
+            room = self.rooms.get(conv.peer)
+            if room is None or not room.joined:
+                return
+            if room.unread or last["from"] != self.username:
+                self._request("read", {"room": conv.peer, "up_to": last["id"]})
+            if room.unread or room.mentions:
+                room.unread = room.mentions = 0
+                self._changed("rooms")
+            return
+        user = self.users.get(conv.peer)
+        if user is None:
+            return
+        if user.unread or last["from"] == conv.peer:
+            self._request("read", {"with": conv.peer, "up_to": last["id"]})
         if user.unread:
             user.unread = 0
             self._changed("users")
@@ -417,7 +703,8 @@ class ChatClient:
             if item.get("inflight") or item.get("retry_at", 0) > now:
                 continue
             item["inflight"] = True
-            fields = {"to": item["to"], "text": item["text"], "client_msg_id": cid}
+            target = "room" if "room" in item else "to"
+            fields = {target: item[target], "text": item["text"], "client_msg_id": cid}
             self._request("send_message", fields, cid=cid)
 
     def _on_send_message(self, reply: dict[str, Any], cid: str) -> None:
@@ -425,7 +712,7 @@ class ChatClient:
         if reply.get("ok"):
             msg = reply["message"]
             self._outbox.pop(cid, None)
-            if msg["to"] == self.peer:
+            if self.conv is not None and self.conv.holds(msg, self.username):
                 self._add_messages([msg])
             self._changed("conversation")
             return
@@ -437,7 +724,8 @@ class ChatClient:
         else:
             # Refused for good: give the text back to the person to fix.
             del self._outbox[cid]
-            self.drafts[item["to"]] = item["text"]
+            key = room_key(item["room"]) if "room" in item else item["to"]
+            self.drafts[key] = item["text"]
             self._changed("conversation", "draft")
         self.error = reply.get("message") or "The message was not sent."
         self._changed("status")
@@ -445,6 +733,61 @@ class ChatClient:
     def _on_read(self, reply: dict[str, Any]) -> None:
         if not reply.get("ok"):
             log.warning("read marker refused: %s", reply.get("message"))
+
+    # -- room replies -------------------------------------------------------------------
+    def _finish(self, reply: dict[str, Any], done: Done | None) -> bool:
+        ok = bool(reply.get("ok"))
+        message = None if ok else (reply.get("message") or "The server refused that.")
+        if not ok and done is None:
+            self.error = message
+            self._changed("status")
+        if done is not None:
+            done(ok, message)
+        return ok
+
+    def _learn_room(self, reply: dict[str, Any]) -> None:
+        # The ``room`` event says the same at its place in the stream and wins:
+        # this reply's view is only used if the event has not come yet.
+        view = reply.get("room")
+        if isinstance(view, dict) and not (
+            view["name"] in self.rooms and self.rooms[view["name"]].joined
+        ):
+            self.rooms[view["name"]] = Room.from_view(view)
+            self._changed("rooms")
+
+    def _on_create_room(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
+        if reply.get("ok"):
+            self._learn_room(reply)
+        self._finish(reply, done)
+
+    def _on_join_room(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
+        if reply.get("ok"):
+            self._learn_room(reply)
+        self._finish(reply, done)
+
+    def _on_leave_room(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
+        if reply.get("ok"):
+            room = self.rooms.get(name)
+            if room is not None and room.joined:
+                room.joined = False
+                room.unread = room.mentions = 0
+                room.members = max(0, room.members - 1)
+                if room.private:
+                    del self.rooms[name]
+            self.members.pop(name, None)
+            self.drafts.pop(room_key(name), None)
+            self._check_open_room()
+            self._changed("rooms", "members")
+        self._finish(reply, done)
+
+    def _on_add_member(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
+        self._finish(reply, done)
+
+    def _on_room_members(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
+        if reply.get("ok"):
+            self.members[name] = [m["username"] for m in reply["members"]]
+            self._changed("members")
+        self._finish(reply, done)
 
     def _changed(self, *what: str) -> None:
         self._changes.update(what)

@@ -1,15 +1,18 @@
-"""Custom Tk widgets and the look: a keyboard-driven user list and the message view."""
+"""Custom Tk widgets and the look: the keyboard-driven sidebar (rooms and people) and
+the message view."""
 
 from __future__ import annotations
 
+import re
 import tkinter as tk
+import zlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from tkinter import font as tkfont
 from tkinter import ttk
 from typing import Any
 
-from .conversation import User
+from .conversation import Room, User
 
 # One palette, so the look is changed in one place.
 ACCENT = "#2563eb"
@@ -30,6 +33,12 @@ THEIRS_BG = "#f1f5f9"
 ERROR = "#dc2626"
 WARN_BG = "#fef3c7"
 WARN_TEXT = "#92400e"
+#: Unread mentions in the sidebar, and messages that mention you.
+MENTION = "#d97706"
+MENTION_BG = "#fef3c7"
+MENTION_TEXT = "#b45309"
+#: Sender names in rooms, picked by name so a person keeps one colour.
+NAME_COLOURS = ("#1d4ed8", "#047857", "#7c3aed", "#be185d", "#0e7490", "#b45309", "#4d7c0f")
 
 _FAMILIES = ("Inter", "Segoe UI", "Noto Sans", "Ubuntu", "DejaVu Sans", "Liberation Sans")
 
@@ -90,6 +99,40 @@ def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
         lightcolor=[("disabled", "#93c5fd")],
         darkcolor=[("disabled", "#93c5fd")],
     )
+    # Buttons on the dark sidebar, quiet buttons on white, and a red one for leaving.
+    style.configure(
+        "Side.TButton", background=SIDEBAR_HOVER, foreground=SIDEBAR_TEXT,
+        bordercolor=SIDEBAR_HOVER, lightcolor=SIDEBAR_HOVER, darkcolor=SIDEBAR_HOVER,
+        focuscolor=SIDEBAR_TEXT, padding=(8, 5), font=fonts["small"],
+    )  # fmt: skip
+    style.map(
+        "Side.TButton",
+        background=[("pressed", ACCENT_DARK), ("active", "#475569")],
+        bordercolor=[("focus", "#93c5fd")],
+    )
+    style.configure(
+        "Ghost.TButton", background=SURFACE, foreground=TEXT, bordercolor="#cbd5e1",
+        lightcolor=SURFACE, darkcolor=SURFACE, focuscolor=ACCENT, padding=(10, 4),
+        font=fonts["small"],
+    )  # fmt: skip
+    style.map(
+        "Ghost.TButton",
+        background=[("pressed", "#e2e8f0"), ("active", APP_BG)],
+        bordercolor=[("focus", ACCENT)],
+    )
+    style.configure(
+        "Danger.TButton", background=ERROR, foreground="white", bordercolor=ERROR,
+        lightcolor=ERROR, darkcolor=ERROR, focuscolor="white", padding=(16, 7),
+        font=fonts["bold"],
+    )  # fmt: skip
+    style.map("Danger.TButton", background=[("pressed", "#991b1b"), ("active", "#b91c1c")])
+    style.configure("Sheet.TFrame", background=SURFACE)
+    style.configure(
+        "Card.TCheckbutton", background=SURFACE, foreground=TEXT, focuscolor=ACCENT,
+        indicatorbackground=SURFACE,
+    )  # fmt: skip
+    style.map("Card.TCheckbutton", background=[("active", SURFACE)])
+    style.configure("Room.TLabel", background=SURFACE, foreground=MUTED, font=fonts["header"])
     # A slim scrollbar without arrow buttons, like current desktop toolkits.
     style.layout(
         "Slim.Vertical.TScrollbar",
@@ -105,26 +148,37 @@ def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
     return fonts
 
 
-class UserList(tk.Canvas):
-    """Every other user: online dot, name, unread badge. Up/Down move, Enter opens."""
+class Sidebar(tk.Canvas):
+    """Two sections, Rooms (joined first) and People, in one keyboard list.
 
-    ROW = 44
+    Up/Down move through both sections (crossing from Rooms into People and
+    back, skipping the section headings), Home/End jump to the ends, Enter,
+    space or a click open the row. A room shows ``#`` (a padlock when
+    private), its unread count and an ``@`` mark when unread messages mention
+    you; a person shows an online dot and their unread count. Rows are keyed
+    ``("room", name)`` / ``("user", name)``; the cursor follows its row when
+    the lists re-sort.
+    """
+
+    ROW = 40
+    HEAD = 30
 
     def __init__(
-        self, master: tk.Misc, fonts: dict[str, tkfont.Font], on_open: Callable[[str], None]
+        self, master: tk.Misc, fonts: dict[str, tkfont.Font], on_open: Callable[[str, str], None]
     ) -> None:
         super().__init__(master, bg=SIDEBAR, highlightthickness=0, bd=0, takefocus=1)
         self.fonts = fonts
         self.on_open = on_open
-        self.users: list[User] = []
-        self.cursor = 0
-        self.open_name: str | None = None
+        self.rows: list[tuple[str, Any]] = []  # ("head"|"note", text) or ("room"|"user", item)
+        self.tops: list[int] = []
+        self.cursor = -1  # index into rows of a selectable row, or -1
+        self.open_key: tuple[str, str] | None = None
         self.stale = False  # presence unknown while reconnecting: every dot grey
         for seq, handler in (
             ("<Up>", lambda e: self.move(-1)),
             ("<Down>", lambda e: self.move(1)),
-            ("<Home>", lambda e: self.move(-len(self.users))),
-            ("<End>", lambda e: self.move(len(self.users))),
+            ("<Home>", lambda e: self.move(-len(self.rows))),
+            ("<End>", lambda e: self.move(len(self.rows))),
             ("<Return>", self._open_cursor),
             ("<KP_Enter>", self._open_cursor),
             ("<space>", self._open_cursor),
@@ -137,56 +191,126 @@ class UserList(tk.Canvas):
             ("<Button-5>", lambda e: self.yview_scroll(1, "units")),
         ):
             self.bind(seq, handler)
-        self.configure(yscrollincrement=self.ROW)
+        self.configure(yscrollincrement=self.HEAD)
+
+    @staticmethod
+    def key(row: tuple[str, Any]) -> tuple[str, str] | None:
+        kind, item = row
+        if kind == "room":
+            return ("room", item.name)
+        if kind == "user":
+            return ("user", item.username)
+        return None
 
     @property
-    def cursor_name(self) -> str | None:
-        return self.users[self.cursor].username if self.users else None
+    def cursor_key(self) -> tuple[str, str] | None:
+        return self.key(self.rows[self.cursor]) if 0 <= self.cursor < len(self.rows) else None
 
-    def set_users(self, users: Sequence[User], open_name: str | None, stale: bool = False) -> None:
-        # The cursor follows its user when the order changes (presence re-sorts the list).
-        keep = self.cursor_name
-        self.users = list(users)
-        self.open_name = open_name
+    def _selectable(self) -> list[int]:
+        return [i for i, (kind, _) in enumerate(self.rows) if kind in ("room", "user")]
+
+    def set_items(
+        self,
+        rooms: Sequence[Room],
+        users: Sequence[User],
+        open_key: tuple[str, str] | None,
+        stale: bool = False,
+    ) -> None:
+        keep, was = self.cursor_key, self.cursor
+        rows: list[tuple[str, Any]] = [("head", "ROOMS")]
+        rows += [("room", r) for r in rooms] or [("note", "No rooms yet · Ctrl+N creates one")]
+        rows.append(("head", "PEOPLE"))
+        rows += [("user", u) for u in users] or [("note", "Nobody else here yet")]
+        self.rows = rows
+        self.tops, y = [], 0
+        for kind, _ in rows:
+            self.tops.append(y)
+            y += self.ROW if kind in ("room", "user") else self.HEAD
+        self.open_key = open_key
         self.stale = stale
-        names = [u.username for u in self.users]
-        self.cursor = names.index(keep) if keep in names else 0
+        keys = [self.key(r) for r in rows]
+        if keep in keys:
+            self.cursor = keys.index(keep)
+        else:  # its row went away (a room left): the nearest row stays under the cursor
+            sel = self._selectable()
+            self.cursor = min(sel, key=lambda i: abs(i - was)) if sel and was >= 0 else -1
+        self.redraw()
+
+    def reset_cursor(self) -> None:
+        """Put the cursor on the first row with unread messages, else on the first person."""
+        sel = self._selectable()
+        unread = [i for i in sel if self.rows[i][1].unread]
+        people = [i for i in sel if self.rows[i][0] == "user"]
+        self.cursor = (unread or people or sel or [-1])[0]
         self.redraw()
 
     def move(self, step: int) -> str:
-        if self.users:
-            self.cursor = max(0, min(len(self.users) - 1, self.cursor + step))
+        sel = self._selectable()
+        if sel:
+            pos = sel.index(self.cursor) if self.cursor in sel else 0
+            self.cursor = sel[max(0, min(len(sel) - 1, pos + step))]
             self.redraw()
             self._scroll_to_cursor()
         return "break"
 
     def _open_cursor(self, _event: Any = None) -> str:
-        if self.users:
-            self.on_open(self.users[self.cursor].username)
+        key = self.cursor_key
+        if key is not None:
+            self.on_open(*key)
         return "break"
 
     def _click(self, event: tk.Event) -> None:
-        row = int(self.canvasy(event.y) // self.ROW)
-        if 0 <= row < len(self.users):
-            self.cursor = row
-            self.focus_set()
-            self._open_cursor()
+        y = self.canvasy(event.y)
+        for i in reversed(range(len(self.rows))):
+            if self.tops[i] <= y:
+                if self.key(self.rows[i]) is not None:
+                    self.cursor = i
+                    self.focus_set()
+                    self._open_cursor()
+                return
+
+    def _height(self, i: int) -> int:
+        return self.ROW if self.rows[i][0] in ("room", "user") else self.HEAD
 
     def _scroll_to_cursor(self) -> None:
+        if self.cursor < 0:
+            return
         height = max(1, self.winfo_height())
         top = self.canvasy(0)
-        y = self.cursor * self.ROW
-        if y < top or y + self.ROW > top + height:
-            self.yview_moveto(max(0, y - height / 2) / max(1, len(self.users) * self.ROW))
+        y0 = self.tops[self.cursor]
+        y1 = y0 + self._height(self.cursor)
+        if self.cursor == self._selectable()[0]:
+            y0 = 0  # show the first section's heading too
+        total = max(1, self.tops[-1] + self._height(len(self.rows) - 1))
+        if y0 < top or y1 > top + height:
+            self.yview_moveto(max(0, y0 - height / 2) / total)
+
+    def _pill(self, right: float, mid: int, label: str, colour: str) -> float:
+        """A rounded badge ending at ``right``; returns its left edge."""
+        half = max(0, self.fonts["badge"].measure(label) // 2 - 3)
+        x = right - 9 - half
+        self.create_line(x - half, mid, x + half, mid, width=18, capstyle="round", fill=colour)
+        self.create_text(x, mid, text=label, fill="white", font=self.fonts["badge"])
+        return x - half - 9
+
+    def _lock(self, x: int, mid: int, colour: str) -> None:
+        self.create_arc(x + 1, mid - 7, x + 9, mid + 1, start=0, extent=180, style="arc",
+                        outline=colour, width=2)  # fmt: skip
+        self.create_rectangle(x, mid - 2, x + 10, mid + 6, fill=colour, outline=colour)
 
     def redraw(self) -> None:
         self.delete("all")
         width = max(self.winfo_width(), 180)
         focused = self.focus_get() is self
-        for i, user in enumerate(self.users):
-            y0 = i * self.ROW
+        for i, (kind, item) in enumerate(self.rows):
+            y0 = self.tops[i]
+            if kind in ("head", "note"):
+                font = self.fonts["badge"] if kind == "head" else self.fonts["small"]
+                y = y0 + self.HEAD // 2 + 3
+                self.create_text(18, y, text=item, anchor="w", fill=SIDEBAR_MUTED, font=font)
+                continue
             mid = y0 + self.ROW // 2
-            is_open = user.username == self.open_name
+            is_open = self.key((kind, item)) == self.open_key
             if is_open:
                 self.create_rectangle(6, y0 + 2, width - 6, y0 + self.ROW - 2, fill=ACCENT, width=0)
             elif i == self.cursor and focused:
@@ -197,20 +321,35 @@ class UserList(tk.Canvas):
                 self.create_rectangle(
                     7, y0 + 3, width - 7, y0 + self.ROW - 3, outline="#93c5fd", width=2
                 )
-            dot = ONLINE if user.online and not self.stale else OFFLINE
-            self.create_oval(20, mid - 5, 30, mid + 5, fill=dot, outline=dot)
-            colour = SIDEBAR_TEXT if user.online or is_open else SIDEBAR_MUTED
-            font = self.fonts["bold"] if user.unread else self.fonts["body"]
-            self.create_text(42, mid, text=user.username, anchor="w", fill=colour, font=font)
-            if user.unread:
-                label = str(user.unread) if user.unread < 100 else "99+"
-                half = max(0, self.fonts["badge"].measure(label) // 2 - 3)
-                x = width - 24 - half
-                self.create_line(
-                    x - half, mid, x + half, mid, width=18, capstyle="round", fill=BADGE
-                )
-                self.create_text(x, mid, text=label, fill="white", font=self.fonts["badge"])
-        self.configure(scrollregion=(0, 0, width, len(self.users) * self.ROW))
+            right = width - 15
+            if kind == "room":
+                active = item.joined or is_open
+                colour = SIDEBAR_TEXT if active else SIDEBAR_MUTED
+                if item.private:
+                    self._lock(20, mid, colour)
+                else:
+                    self.create_text(25, mid, text="#", fill=colour, font=self.fonts["bold"])
+                name, bold = item.name, item.unread > 0
+                if not item.joined:
+                    self.create_text(
+                        right, mid, text="join", anchor="e", fill=SIDEBAR_MUTED,
+                        font=self.fonts["small"],
+                    )  # fmt: skip
+            else:
+                dot = ONLINE if item.online and not self.stale else OFFLINE
+                self.create_oval(20, mid - 5, 30, mid + 5, fill=dot, outline=dot)
+                colour = SIDEBAR_TEXT if item.online or is_open else SIDEBAR_MUTED
+                name, bold = item.username, item.unread > 0
+            font = self.fonts["bold"] if bold else self.fonts["body"]
+            self.create_text(42, mid, text=name, anchor="w", fill=colour, font=font)
+            if item.unread:
+                label = str(item.unread) if item.unread < 100 else "99+"
+                right = self._pill(right, mid, label, BADGE)
+            if kind == "room" and item.mentions:
+                label = "@" if item.mentions == 1 else f"@{min(item.mentions, 99)}"
+                self._pill(right, mid, label, MENTION)
+        total = self.tops[-1] + self._height(len(self.rows) - 1) if self.rows else 0
+        self.configure(scrollregion=(0, 0, width, total))
 
 
 def format_ts(ts: str) -> str:
@@ -291,10 +430,18 @@ class MessageView(ttk.Frame):
         t.tag_configure("pending", foreground=MUTED)
         t.tag_configure("gap", font=fonts["pad"])
         t.tag_configure("notice", foreground=MUTED, justify="center", font=fonts["small"])
+        # Created after "theirs", so its tint wins where both apply.
+        t.tag_configure("mention", background=MENTION_BG, rmargincolor=SURFACE)
+        t.tag_configure("mention_name", foreground=MENTION_TEXT, font=fonts["bold"])
+        t.tag_configure("mention_note", foreground=MENTION_TEXT, font=fonts["badge"])
+        for i, colour in enumerate(NAME_COLOURS):
+            t.tag_configure(f"name{i}", foreground=colour)
         for seq in ("<Button-4>", "<MouseWheel>"):
             t.bind(seq, lambda e: self.after_idle(self._scrolled, t.yview()[0]), add="+")
         self.shown: list[str] = []
         self.me: str | None = None
+        self._mentions: Callable[[dict[str, Any]], bool] | None = None
+        self._colour_names = False
         self._state_normal()
         t.configure(state="disabled")
 
@@ -324,9 +471,21 @@ class MessageView(ttk.Frame):
     def key(m: dict[str, Any]) -> str:
         return f"p{m['client_msg_id']}" if m.get("pending") else str(m["id"])
 
-    def render(self, messages: list[dict[str, Any]], me: str, peer: str) -> None:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        me: str,
+        empty: str,
+        mentions: Callable[[dict[str, Any]], bool] | None = None,
+        colour_names: bool = False,
+    ) -> None:
+        """Show ``messages`` (``empty`` if none). In a room, ``mentions`` tells which
+        messages call ``me`` (highlighted) and ``colour_names`` gives each sender a colour."""
+        self.me = me
+        self._mentions = mentions
+        self._colour_names = colour_names
         if not messages and not self.shown:
-            self.clear(f"No messages with {peer} yet. Say hello!")
+            self.clear(empty)
             return
         if not self.shown:
             self.clear()
@@ -346,8 +505,7 @@ class MessageView(ttk.Frame):
                 first = f"m:{keys[n_new]}"
                 start = t.index(first)
                 t.delete(first, f"{first} lineend +1c")
-                side = "mine" if messages[n_new]["from"] == me else "theirs"
-                t.insert(start, "\n", (side, "pad"))
+                t.insert(start, "\n", (*self._tags(messages[n_new], me), "pad"))
                 t.mark_set(first, start)
             t.yview("viewtop")
         else:
@@ -366,26 +524,48 @@ class MessageView(ttk.Frame):
         self.shown = keys
         t.configure(state="disabled")
 
+    def _tags(self, m: dict[str, Any], me: str) -> tuple[str, ...]:
+        """The block tags of one message: its side, and ``mention`` if it calls you."""
+        if m["from"] == me:
+            return ("mine",)
+        if self._mentions is not None and self._mentions(m):
+            return ("theirs", "mention")
+        return ("theirs",)
+
+    def _name_tag(self, name: str) -> str:
+        if not self._colour_names:
+            return "name"
+        tag = f"name{zlib.crc32(name.encode()) % len(NAME_COLOURS)}"
+        return tag
+
     def _insert(
         self, index: str, m: dict[str, Any], key: str, me: str, prev: dict[str, Any] | None
     ) -> None:
         t = self.text
         start = t.index("end-1c" if index == "end" else index)
         mine = m["from"] == me
-        side = "mine" if mine else "theirs"
+        block = self._tags(m, me)
         when = "sending…" if m.get("pending") else format_ts(m.get("ts", ""))
         extra = ("pending",) if m.get("pending") else ()
-        header: tuple[Any, ...] = ("\n", (side, "pad"))  # a run's later bubbles: padding only
+        header: tuple[Any, ...] = ("\n", (*block, "pad"))  # a run's later bubbles: padding only
         if prev is None or not continues(prev, m):
-            header = ("You" if mine else m["from"], (side, "name"), f"   {when}\n", (side, "time"))
-        t.insert(
-            index,
-            *header,
-            m["text"] + "\n",
-            (side, "body", *extra),
-            "\n",
-            (side, "pad"),
-            "\n",
-            ("gap",),
-        )
+            name_tags = (*block, "name") if mine else (*block, "name", self._name_tag(m["from"]))
+            header = ("You" if mine else m["from"], name_tags, f"   {when}\n", (*block, "time"))
+        if "mention" in block:
+            header = (*header, "@ mentions you\n", (*block, "mention_note"))
+        body: list[Any] = []
+        text = m["text"]
+        pos = 0
+        if "mention" in block:
+            for hit in _mention_re(me).finditer(text):
+                body += [text[pos : hit.start()], (*block, "body", *extra)]
+                body += [hit.group(0), (*block, "body", "mention_name")]
+                pos = hit.end()
+        body += [text[pos:] + "\n", (*block, "body", *extra)]
+        t.insert(index, *header, *body, "\n", (*block, "pad"), "\n", ("gap",))
         t.mark_set(f"m:{key}", start)  # right gravity: an older page inserted here pushes it
+
+
+def _mention_re(me: str) -> re.Pattern[str]:
+    """``@me`` as docs/protocol.md#rooms counts it (any case, not followed by a name character)."""
+    return re.compile("@" + re.escape(me) + r"(?![\w-])", re.IGNORECASE)

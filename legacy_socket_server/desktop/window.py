@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tkinter as tk
+from collections.abc import Callable
 from pathlib import Path
 from tkinter import ttk
 from typing import Any
@@ -22,12 +23,13 @@ from ..settings import setup_logging
 from . import model as m
 from .config import Config, parse_args
 from .conversation import snapshot
+from .sheets import BrowseSheet, LeaveSheet, MembersSheet, NewRoomSheet, Sheet
 from .widgets import (
     OFFLINE,
     ONLINE,
     SURFACE,
     MessageView,
-    UserList,
+    Sidebar,
     apply_theme,
 )
 
@@ -105,7 +107,7 @@ class LoginScreen(ttk.Frame):
 
 
 class ChatScreen(ttk.Frame):
-    """Users on the left, the conversation on the right, the composer below it."""
+    """Rooms and people on the left, the conversation on the right, the composer below it."""
 
     def __init__(self, app: ChatWindow) -> None:
         super().__init__(app.root)
@@ -118,32 +120,50 @@ class ChatScreen(ttk.Frame):
             anchor="w", padx=18, pady=(18, 0)
         )
         me_row = ttk.Frame(side, style="Side.TFrame")
-        me_row.pack(anchor="w", padx=18, pady=(2, 14))
+        me_row.pack(anchor="w", padx=18, pady=(2, 8))
         ttk.Label(me_row, text="●", style="SideMuted.TLabel", foreground=ONLINE).pack(side="left")
         self.me = ttk.Label(me_row, text="", style="SideMuted.TLabel")
         self.me.pack(side="left", padx=(4, 0))
-        ttk.Label(side, text="PEOPLE", style="SideMuted.TLabel", font=fonts["badge"]).pack(
-            anchor="w", padx=18, pady=(0, 4)
-        )
-        self.users = UserList(side, fonts, self.open)
-        self.users.pack(fill="both", expand=True, padx=4)
         ttk.Label(
             side,
-            text="↑↓ move · Enter open · Esc back",
+            text="↑↓ move · Enter open · Esc back\nCtrl+N new room · Ctrl+J join",
             style="SideMuted.TLabel",
             font=fonts["small"],
-        ).pack(anchor="w", padx=18, pady=10)
+        ).pack(side="bottom", anchor="w", padx=18, pady=(6, 10))
+        buttons = ttk.Frame(side, style="Side.TFrame")
+        buttons.pack(side="bottom", fill="x", padx=14, pady=(6, 0))
+        self.sidebar = Sidebar(side, fonts, self.open_item)
+        self.sidebar.pack(fill="both", expand=True, padx=4)
+        self.new_room_button = ttk.Button(
+            buttons, text="+ New room", style="Side.TButton", command=self.new_room
+        )
+        self.new_room_button.pack(side="left", fill="x", expand=True)
+        self.browse_button = ttk.Button(
+            buttons, text="Join a room", style="Side.TButton", command=self.browse_rooms
+        )
+        self.browse_button.pack(side="left", fill="x", expand=True, padx=(6, 0))
+        buttons.lift(self.sidebar)  # Tab goes from the list to these buttons
 
-        main = ttk.Frame(self, style="Surface.TFrame")
+        main = self.main = ttk.Frame(self, style="Surface.TFrame")
         main.pack(side="left", fill="both", expand=True)
         head = ttk.Frame(main, style="Surface.TFrame", padding=(18, 12))
         head.pack(fill="x")
         self.peer_dot = tk.Canvas(head, width=12, height=12, bg=SURFACE, highlightthickness=0)
         self.peer_dot.pack(side="left", padx=(0, 8))
+        self.room_mark = ttk.Label(head, text="#", style="Room.TLabel")
         self.peer_name = ttk.Label(head, text="", style="Header.TLabel")
         self.peer_name.pack(side="left")
         self.peer_status = ttk.Label(head, text="", style="Muted.TLabel")
         self.peer_status.pack(side="left", padx=10, pady=(4, 0))
+        self.room_buttons = ttk.Frame(head, style="Surface.TFrame")
+        self.members_button = ttk.Button(
+            self.room_buttons, text="Members", style="Ghost.TButton", command=self.show_members
+        )
+        self.leave_button = ttk.Button(
+            self.room_buttons, text="Leave…", style="Ghost.TButton", command=self.leave_room
+        )
+        self.leave_button.pack(side="right")
+        self.members_button.pack(side="right", padx=(0, 6))
         ttk.Separator(main).pack(fill="x")
         self.banner = ttk.Label(main, text="", style="Banner.TLabel")
         self.messages = MessageView(main, fonts, self.app.client.load_older)
@@ -151,8 +171,8 @@ class ChatScreen(ttk.Frame):
         ttk.Separator(main).pack(fill="x")
         bar = ttk.Frame(main, style="Surface.TFrame", padding=(14, 10, 14, 2))
         bar.pack(fill="x")
-        hint = "Enter to send · Shift+Enter for a new line · PgUp/PgDn scroll · Esc to people"
-        ttk.Label(main, text=hint, style="Muted.TLabel").pack(anchor="w", padx=16, pady=(0, 8))
+        self.hint = ttk.Label(main, text="", style="Muted.TLabel")
+        self.hint.pack(anchor="w", padx=16, pady=(0, 8))
         self.send_button = ttk.Button(bar, text="Send", style="Accent.TButton", command=self.send)
         self.send_button.pack(side="right", padx=(10, 0), anchor="s")
         box = tk.Frame(bar, bg="#cbd5e1", padx=1, pady=1)
@@ -167,28 +187,61 @@ class ChatScreen(ttk.Frame):
         self.entry.bind("<Return>", self.send)
         self.entry.bind("<KP_Enter>", self.send)
         self.entry.bind("<Shift-Return>", self._newline)
-        self.entry.bind("<Escape>", lambda e: self.users.focus_set())
+        self.entry.bind("<Escape>", lambda e: self.sidebar.focus_set())
         self.entry.bind("<Tab>", self._tab_out)
         self.entry.bind("<Prior>", lambda e: self.messages.scroll(-1) or "break")
         self.entry.bind("<Next>", lambda e: self.messages.scroll(1) or "break")
-        self.messages.clear("Choose someone on the left to start a conversation.")
-        self.peer: str | None = None
-        self._set_composer(enabled=False)
+        # Room keys work everywhere on this screen; on the composer they also
+        # keep the Text widget's own Ctrl bindings (e.g. Ctrl+N: next line) out.
+        for seq, action in SHORTCUTS:
+            handler = self._shortcut(getattr(self, action))
+            self.entry.bind(seq, handler)
+            self.app.root.bind_all(seq, handler)
+        for button in (
+            self.new_room_button, self.browse_button, self.members_button, self.leave_button
+        ):  # fmt: skip
+            button.bind("<Return>", lambda e, b=button: b.invoke() or "break")
+            button.bind("<KP_Enter>", lambda e, b=button: b.invoke() or "break")
+        self.sheet: Sheet | None = None
+        self.shown_key: str | None = "?"  # the conversation the view shows (None: none)
+        self.refresh_conversation()
 
     # -- actions --------------------------------------------------------------------
-    def open(self, peer: str) -> None:
+    def open_item(self, kind: str, name: str) -> None:
+        """Open a person or a room from the sidebar (joining a public room first)."""
         client = self.app.client
-        if peer != client.peer:
-            self.save_draft()
-            client.open_conversation(peer)
-            self.entry.configure(state="normal")
-            self.entry.delete("1.0", "end")
-            self.entry.insert("1.0", client.drafts.get(peer, ""))
-            self.entry.edit_modified(False)
-            self.messages.clear()
-            self.refresh_conversation()
-            self.refresh_users()
-        self.entry.focus_set()
+        if kind == "user":
+            self._switch(lambda: client.open_conversation(name))
+            return
+        room = client.rooms.get(name)
+        if room is None:
+            return
+        if room.joined:
+            self._switch(lambda: client.open_room(name))
+            return
+
+        def joined(ok: bool, message: str | None) -> None:
+            if ok:
+                self.open_item("room", name)
+            else:
+                client.error = message
+                self.refresh_status()
+
+        error = client.join_room(name, done=joined)
+        if error:
+            client.error = error
+            self.refresh_status()
+
+    def open(self, peer: str) -> None:
+        self.open_item("user", peer)
+
+    def _switch(self, action: Callable[[], Any]) -> None:
+        self.save_draft()
+        action()
+        self.refresh_conversation()
+        self.refresh_users()
+        if self.app.client.conv is not None:
+            self.entry.focus_set()
 
     def send(self, _event: Any = None) -> str:
         text = self.entry.get("1.0", "end-1c")
@@ -206,10 +259,39 @@ class ChatScreen(ttk.Frame):
         self.send_button.focus_set()
         return "break"
 
+    def _shortcut(self, action: Callable[[], Any]) -> Callable[[Any], str]:
+        def handler(_event: Any) -> str:
+            if self.sheet is None and self.app.screen is self:
+                action()
+            return "break"
+
+        return handler
+
+    def _open_sheet(self, sheet: Sheet) -> None:
+        if self.sheet is not None:
+            self.sheet.close()
+        self.sheet = sheet
+        sheet.open()
+
+    def new_room(self) -> None:
+        self._open_sheet(NewRoomSheet(self))
+
+    def browse_rooms(self) -> None:
+        self._open_sheet(BrowseSheet(self))
+
+    def show_members(self) -> None:
+        room = self.app.client.room
+        if room is not None:
+            self._open_sheet(MembersSheet(self, room))
+
+    def leave_room(self) -> None:
+        room = self.app.client.room
+        if room is not None:
+            self._open_sheet(LeaveSheet(self, room))
+
     def save_draft(self) -> None:
-        peer = self.app.client.peer
-        if peer is not None:
-            self.app.client.set_draft(peer, self.entry.get("1.0", "end-1c"))
+        if self.shown_key not in (None, "?"):
+            self.app.client.set_draft(self.shown_key, self.entry.get("1.0", "end-1c"))
         self.entry.edit_modified(False)
 
     def _set_composer(self, enabled: bool) -> None:
@@ -219,14 +301,35 @@ class ChatScreen(ttk.Frame):
     # -- rendering ------------------------------------------------------------------
     def refresh_users(self) -> None:
         client = self.app.client
-        self.users.set_users(client.sorted_users(), client.peer, client.phase == m.RECONNECTING)
+        open_key = None
+        if client.room is not None:
+            open_key = ("room", client.room)
+        elif client.peer is not None:
+            open_key = ("user", client.peer)
+        self.sidebar.set_items(
+            client.sorted_rooms(), client.sorted_users(), open_key, client.phase == m.RECONNECTING
+        )
         self.me.configure(text=f"Signed in as {client.username}")
         self.refresh_header()
 
     def refresh_header(self) -> None:
         client = self.app.client
-        user = client.users.get(client.peer or "")
         self.peer_dot.delete("all")
+        room = client.rooms.get(client.room or "")
+        if room is not None:
+            self.peer_dot.pack_forget()
+            self.room_mark.pack(side="left", padx=(0, 4), before=self.peer_name)
+            self.peer_name.configure(text=room.name)
+            people = "1 member" if room.members == 1 else f"{room.members} members"
+            kind = "private room" if room.private else "public room"
+            self.peer_status.configure(text=f"{people} · {kind}")
+            self.members_button.configure(text=f"Members ({room.members})")
+            self.room_buttons.pack(side="right")
+            return
+        self.room_mark.pack_forget()
+        self.room_buttons.pack_forget()
+        self.peer_dot.pack(side="left", padx=(0, 8), before=self.peer_name)
+        user = client.users.get(client.peer or "")
         if user is None:
             self.peer_name.configure(text="No conversation open")
             self.peer_status.configure(text="")
@@ -238,15 +341,49 @@ class ChatScreen(ttk.Frame):
         status = "online" if online else "offline"
         self.peer_status.configure(text=status if client.phase == m.READY else "status unknown")
 
+    def header_text(self) -> str:
+        return " ".join(
+            t for t in (self.peer_name.cget("text"), self.peer_status.cget("text")) if t
+        )
+
     def refresh_conversation(self) -> None:
         client = self.app.client
-        if client.peer is None:
+        key = client.conv_key
+        if key != self.shown_key:
+            # Another conversation (or none): the composer takes that one's draft.
+            self.shown_key = key
+            self.messages.clear()
+            self.entry.configure(state="normal")
+            self.entry.delete("1.0", "end")
+            self.entry.insert("1.0", client.drafts.get(key or "", ""))
+            self.entry.edit_modified(False)
+            if key is None:
+                self.messages.clear("Choose a room or someone on the left to start a conversation.")
+                self._set_composer(enabled=False)
+                if self.focus_get() in (self.entry, self.send_button):
+                    self.sidebar.focus_set()
+            self.refresh_header()
+            self.hint.configure(text=ROOM_HINT if client.room else PEOPLE_HINT)
+        if client.conv is None:
             return
         self._set_composer(enabled=True)
-        if client.conv and client.conv.loading and not client.messages:
+        if client.conv.loading and not client.messages:
             self.messages.clear("Loading…")
             return
-        self.messages.render(client.visible_messages(), client.username or "", client.peer)
+        if client.room is not None:
+            self.messages.render(
+                client.visible_messages(),
+                client.username or "",
+                f"No messages in #{client.room} yet. Say hello!",
+                mentions=client.mentions_me,
+                colour_names=True,
+            )
+        else:
+            self.messages.render(
+                client.visible_messages(),
+                client.username or "",
+                f"No messages with {client.peer} yet. Say hello!",
+            )
 
     def refresh_status(self) -> None:
         client = self.app.client
@@ -258,8 +395,23 @@ class ChatScreen(ttk.Frame):
             self.banner.pack(fill="x", before=self.messages)
         else:
             self.banner.pack_forget()
-        if client.drafts.get(client.peer or "") and not self.entry.get("1.0", "end-1c"):
-            self.entry.insert("1.0", client.drafts[client.peer])  # a refused send, given back
+        key = client.conv_key or ""
+        if client.drafts.get(key) and not self.entry.get("1.0", "end-1c"):
+            self.entry.insert("1.0", client.drafts[key])  # a refused send, given back
+
+
+#: Window-wide keys of the chat screen and the ChatScreen method each calls.
+SHORTCUTS = (
+    ("<Control-n>", "new_room"),
+    ("<Control-j>", "browse_rooms"),
+    ("<Control-m>", "show_members"),
+    ("<Control-l>", "leave_room"),
+)
+PEOPLE_HINT = "Enter to send · Shift+Enter for a new line · PgUp/PgDn scroll · Esc to the list"
+ROOM_HINT = (
+    "Enter to send · Shift+Enter new line · PgUp/PgDn scroll · Ctrl+M members · "
+    "Ctrl+L leave · Esc to the list"
+)
 
 
 class ChatWindow:
@@ -308,22 +460,32 @@ class ChatWindow:
         if client.phase in (m.READY, m.RECONNECTING):
             if self.chat is None:
                 self.chat = ChatScreen(self)
-            if self.screen is not self.chat:
-                self._show(self.chat)
+            chat = self.chat
+            if self.screen is not chat:
+                self._show(chat)
                 self.login.password.delete(0, "end")  # not kept past the login attempt
-                self.chat.refresh_users()
-                self.chat.refresh_conversation()
-                self.chat.users.focus_set()
-                self.chat.users.redraw()
-            if "users" in changes or "phase" in changes:
-                self.chat.refresh_users()
+                chat.refresh_users()
+                chat.refresh_conversation()
+                chat.sidebar.reset_cursor()
+                chat.sidebar.focus_set()
+                chat.sidebar.redraw()
+            if changes & {"users", "rooms", "phase", "conversation"}:
+                chat.refresh_users()
             if "conversation" in changes:
-                self.chat.refresh_conversation()
+                chat.refresh_conversation()
             if changes & {"status", "phase", "draft"}:
-                self.chat.refresh_status()
-            if self.chat.entry.edit_modified():
-                self.chat.save_draft()
+                chat.refresh_status()
+            sheet = chat.sheet
+            if sheet is not None:
+                if sheet.room is not None and sheet.room != client.room:
+                    sheet.close()  # its room was left or closed
+                elif changes & {"users", "rooms", "members", "phase"}:
+                    sheet.refresh()
+            if chat.entry.edit_modified():
+                chat.save_draft()
         else:
+            if self.chat is not None and self.chat.sheet is not None:
+                self.chat.sheet.close()
             if self.screen is not self.login:
                 self._show(self.login)
                 self.login.shown()
@@ -337,15 +499,7 @@ class ChatWindow:
         self.root.title(self.title())
 
     def title(self) -> str:
-        client = self.client
-        if client.username is None or client.phase not in (m.READY, m.RECONNECTING):
-            return APP_NAME
-        parts = [APP_NAME, client.username]
-        if client.total_unread:
-            parts.append(f"{client.total_unread} unread")
-        if client.phase == m.RECONNECTING:
-            parts.append("reconnecting…")
-        return " — ".join(parts)
+        return window_title(self.client)
 
     def quit(self) -> None:
         if self.client.phase == m.CLOSED:
@@ -366,10 +520,29 @@ class ChatWindow:
             focus = self.root.focus_get()
         except (KeyError, tk.TclError):
             focus = None
-        names = {}
-        if self.chat is not None:
-            names = {self.chat.users: "users", self.chat.entry: "entry"}
-            state["composer"] = self.chat.entry.get("1.0", "end-1c")
+        names: dict[Any, str] = {}
+        chat = self.chat
+        if chat is not None:
+            names = {
+                chat.sidebar: "users",
+                chat.entry: "entry",
+                chat.send_button: "send",
+                chat.new_room_button: "new_room_button",
+                chat.browse_button: "browse_button",
+                chat.members_button: "members_button",
+                chat.leave_button: "leave_button",
+            }
+            state["composer"] = chat.entry.get("1.0", "end-1c")
+            cursor = chat.sidebar.cursor_key
+            state["sidebar"] = ":".join(cursor) if cursor else None
+            state["header"] = chat.header_text()
+            state["hint"] = chat.hint.cget("text")
+            state["sheet"] = chat.sheet.kind if chat.sheet else None
+            state["sheet_message"] = (
+                chat.sheet.message.cget("text") if chat.sheet and chat.sheet.message else None
+            )
+            if chat.sheet is not None:
+                names.update(chat.sheet.names)
         names.update({self.login.username: "username", self.login.password: "password"})
         state["focus"] = names.get(focus, str(focus) if focus else None)
         text = json.dumps(state, ensure_ascii=False, sort_keys=True)
@@ -379,6 +552,22 @@ class ChatWindow:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, path)  # readers never see half a file
+
+
+def window_title(client: m.ChatClient) -> str:
+    """``Team Chat — Alice — 5 unread, 1 mention``: unread from people and joined rooms."""
+    if client.username is None or client.phase not in (m.READY, m.RECONNECTING):
+        return APP_NAME
+    parts = [APP_NAME, client.username]
+    if client.total_unread:
+        unread = f"{client.total_unread} unread"
+        mentions = client.total_mentions
+        if mentions:
+            unread += f", {mentions} mention" + ("s" if mentions > 1 else "")
+        parts.append(unread)
+    if client.phase == m.RECONNECTING:
+        parts.append("reconnecting…")
+    return " — ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
