@@ -12,51 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, ROOT
 from web_helpers import (  # noqa: F401 - fixtures
     MakeWeb,
+    fixture_axe,
     fixture_chromium,
     fixture_make_web,
     fixture_tcp,
     import_playwright,
     log_in,
     user_button,
+    violations,
 )
 
 expect = import_playwright().expect
 
-AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 WIDTHS = [pytest.param(1100, id="desktop"), pytest.param(390, id="phone")]
-
-
-@pytest.fixture
-def axe() -> Path:
-    """The axe-core bundle; skip without it on a laptop, fail in CI.
-
-    Listed first in each test's arguments, so nothing is started without it.
-    """
-    if not AXE.is_file():
-        msg = f"{AXE.relative_to(ROOT)} not found: run `npm ci` in the repo root (see .ci/run)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return AXE
-
-
-async def violations(page: Any, axe: Path) -> list[dict[str, Any]]:
-    """Every axe-core violation on the page as it is now (WCAG 2.x A/AA and best practice)."""
-    if not await page.evaluate("() => typeof window.axe === 'object'"):
-        await page.add_script_tag(path=str(axe))
-    result = await page.evaluate(
-        """async () => {
-            const r = await axe.run(document, { resultTypes: ["violations"] });
-            return r.violations.map((v) => ({
-                id: v.id, impact: v.impact, help: v.help,
-                nodes: v.nodes.map((n) => ({ target: n.target, summary: n.failureSummary })),
-            }));
-        }"""
-    )
-    return result
 
 
 def report(found: list[dict[str, Any]]) -> str:

@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, ROOT, CoreProcess
+from conftest import CoreProcess
 from web_helpers import (  # noqa: F401 - fixtures
     MakeWeb,
+    fixture_axe,
     fixture_chromium,
     fixture_make_web,
     fixture_tcp,
     import_playwright,
     log_in,
     user_button,
+    violations,
 )
 
 from legacy_socket_server.rooms import mentioned
@@ -32,7 +34,6 @@ from legacy_socket_server.rooms import mentioned
 expect = import_playwright().expect
 
 XSS = "<img src=x onerror=alert(1)>"
-AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 
 
 @pytest.fixture
@@ -542,32 +543,6 @@ async def test_screenshot_a_room(chromium: Any, site: str, tcp: Any, tmp_path: P
     await page.screenshot(path=tmp_path / "web-rooms.png")
     keep(tmp_path / "web-rooms.png")
     assert page.problems == []
-
-
-@pytest.fixture
-def axe() -> Path:
-    """The axe-core bundle; skip without it on a laptop, fail in CI (as test_web_a11y)."""
-    if not AXE.is_file():
-        msg = f"{AXE.relative_to(ROOT)} not found: run `npm ci` in the repo root (see .ci/run)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return AXE
-
-
-async def violations(page: Any, axe: Path) -> list[dict[str, Any]]:
-    if not await page.evaluate("() => typeof window.axe === 'object'"):
-        await page.add_script_tag(path=str(axe))
-    result: list[dict[str, Any]] = await page.evaluate(
-        """async () => {
-            const r = await axe.run(document, { resultTypes: ["violations"] });
-            return r.violations.map((v) => ({
-                id: v.id, impact: v.impact, help: v.help,
-                nodes: v.nodes.map((n) => ({ target: n.target, summary: n.failureSummary })),
-            }));
-        }"""
-    )
-    return result
 
 
 async def no_violations(page: Any, axe: Path, where: str) -> None:

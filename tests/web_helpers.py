@@ -13,12 +13,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import DEMO_USERS, IN_CI, CoreProcess, require_tool
+from conftest import DEMO_USERS, IN_CI, ROOT, CoreProcess, require_tool
 from waiting import until
 
 from app.config import WebConfig
@@ -170,3 +171,37 @@ async def log_in(page: Any, site: str, name: str, password: str, query: str = ""
 def user_button(page: Any, name: str) -> Any:
     """The people list's button for ``name``."""
     return page.locator(f'#users .user[data-name="{name}"]')
+
+
+# -- accessibility: axe-core (npm, package.json) --------------------------------------------
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
+
+
+@pytest.fixture(name="axe")
+def fixture_axe() -> Path:
+    """The axe-core bundle; skip without it on a laptop, fail in CI.
+
+    Listed first in each test's arguments, so nothing is started without it.
+    """
+    if not AXE.is_file():
+        msg = f"{AXE.relative_to(ROOT)} not found: run `npm ci` in the repo root (see .ci/run)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return AXE
+
+
+async def violations(page: Any, axe: Path) -> list[dict[str, Any]]:
+    """Every axe-core violation on the page as it is now (WCAG 2.x A/AA and best practice)."""
+    if not await page.evaluate("() => typeof window.axe === 'object'"):
+        await page.add_script_tag(path=str(axe))
+    result = await page.evaluate(
+        """async () => {
+            const r = await axe.run(document, { resultTypes: ["violations"] });
+            return r.violations.map((v) => ({
+                id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.map((n) => ({ target: n.target, summary: n.failureSummary })),
+            }));
+        }"""
+    )
+    return result
