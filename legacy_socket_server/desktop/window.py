@@ -100,6 +100,7 @@ class LoginScreen(ttk.Frame):
         if client.error and self.username.get():
             # Refused: the password is wrong or the session ended; type it again.
             self.password.delete(0, "end")
+        if self.username.get():  # known (--user, or typed before): the password is next
             self.password.focus_set()
         else:
             self.username.focus_set()
