@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from core_helpers import FakeClock, make_service, seed_users
@@ -25,14 +25,18 @@ DEMO_USERS = {"Alice": "123", "Bob": "456", "Charlie": "789"}
 IN_CI = bool(os.environ.get("CI"))
 
 
+def missing(msg: str) -> NoReturn:
+    """A tool the test needs is not here: skip on a laptop, fail in CI (``CI`` set)."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg, allow_module_level=True)
+
+
 def require_tool(name: str, why: str) -> str:
     """Return the path of executable ``name``; skip on a laptop, fail in CI."""
     path = shutil.which(name)
     if path is None:
-        msg = f"{name} not found ({why}); install it (see .ci/run)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"{name} not found ({why}); install it (see .ci/run)")
     return path
 
 

