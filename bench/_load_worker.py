@@ -154,32 +154,38 @@ async def sender_loop(send, me: str, kind: str, names: list[str], rate: float, s
             nxt = time.perf_counter()  # fell behind by a second: do not burst to catch up
 
 
-async def worker_main(conn, cfg: dict[str, Any]) -> None:
-    from _http import Browser
-
+async def resume_desktops(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Connect ``cfg["desktops"]`` to the core and resume them with their tokens, 100 at a time."""
     from legacy_socket_server.client import CoreClient
 
-    st = W()
-    mode = cfg["mode"]
-    core_port = cfg["core_port"]
-    loop = asyncio.get_running_loop()
-    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
-
-    # 1. desktops: connect and resume (cheap), in batches
     desktops: dict[str, CoreClient] = {}
-    dnames = cfg["desktops"]
-    for i in range(0, len(dnames), 100):
-        batch = dnames[i : i + 100]
-        conns = await asyncio.gather(*(CoreClient.connect("127.0.0.1", core_port) for _ in batch))
-        await asyncio.gather(
-            *(c.resume(cfg["tokens"][n]) for c, n in zip(conns, batch, strict=True))
+    names = cfg["desktops"]
+    for i in range(0, len(names), 100):
+        batch = names[i : i + 100]
+        conns = await asyncio.gather(
+            *(CoreClient.connect("127.0.0.1", cfg["core_port"]) for _ in batch)
         )
+        replies = await asyncio.gather(
+            *(
+                c.request("resume", timeout=600, token=cfg["tokens"][n])
+                for c, n in zip(conns, batch, strict=True)
+            )
+        )
+        for n, r in zip(batch, replies, strict=True):
+            if not r.get("ok"):
+                raise RuntimeError(f"resume {n}: {r}")
         desktops.update(zip(batch, conns, strict=True))
     phase(f"{len(desktops)} desktops resumed")
-    conn.send(("desktops_ready", None))
-    await recv()
+    return desktops
 
-    # 2. browsers: POST /api/login with bounded concurrency
+
+async def login_browsers(cfg: dict[str, Any]) -> dict[str, tuple[Any, int]]:
+    """Log ``cfg["browsers"]`` in through the web app (no HTTP resume), bounded concurrency.
+
+    Returns name -> (client, cursor of the login reply).
+    """
+    from _http import Browser
+
     browsers: dict[str, tuple[Browser, int]] = {}
     sem = asyncio.Semaphore(cfg["login_concurrency"])
 
@@ -202,6 +208,22 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
 
     await asyncio.gather(*(login(n) for n in cfg["browsers"]))
     phase(f"{len(browsers)} browsers logged in")
+    return browsers
+
+
+async def worker_main(conn, cfg: dict[str, Any]) -> None:
+    st = W()
+    mode = cfg["mode"]
+    loop = asyncio.get_running_loop()
+    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
+
+    # 1. desktops: connect and resume (cheap), in batches
+    desktops = await resume_desktops(cfg)
+    conn.send(("desktops_ready", None))
+    await recv()
+
+    # 2. browsers: POST /api/login with bounded concurrency
+    browsers = await login_browsers(cfg)
     conn.send(("browsers_ready", None))
     await recv()
 

@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _load_worker import PASSWORD, loads, phase
+from _load_worker import loads, login_browsers, phase, resume_desktops
 from _setup import (
     cpu_seconds,
     machine_cpu,
@@ -200,58 +200,18 @@ async def browser_loop(http, cursor: int, st: State, idle: asyncio.Event) -> Non
 
 
 async def worker_main(conn, cfg: dict[str, Any]) -> None:
-    from _http import Browser
-
-    from legacy_socket_server.client import CoreClient
-
     st = State()
     loop = asyncio.get_running_loop()
     recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
 
     # 1. desktops: connect and resume with ready-made tokens, in batches
-    desktops: dict[str, CoreClient] = {}
-    dnames = cfg["desktops"]
-    for i in range(0, len(dnames), 100):
-        batch = dnames[i : i + 100]
-        conns = await asyncio.gather(
-            *(CoreClient.connect("127.0.0.1", cfg["core_port"]) for _ in batch)
-        )
-        replies = await asyncio.gather(
-            *(
-                c.request("resume", timeout=600, token=cfg["tokens"][n])
-                for c, n in zip(conns, batch, strict=True)
-            )
-        )
-        for n, r in zip(batch, replies, strict=True):
-            if not r.get("ok"):
-                raise RuntimeError(f"resume {n}: {r}")
-        desktops.update(zip(batch, conns, strict=True))
-    phase(f"{len(desktops)} desktops resumed")
+    desktops = await resume_desktops(cfg)
     conn.send(("desktops_ready", None))
     await recv()
 
     # 2. browsers: POST /api/login (there is no HTTP resume), bounded concurrency
-    browsers: dict[str, tuple[Browser, int]] = {}
-    send_locks: dict[str, asyncio.Lock] = {}
-    sem = asyncio.Semaphore(cfg["login_concurrency"])
-
-    async def login(name: str) -> None:
-        http = Browser("127.0.0.1", cfg["web_port"])
-        async with sem:
-            for _ in range(100):
-                status, body = await http.request(
-                    "POST", "/api/login", {"username": name, "password": PASSWORD}, lane="poll"
-                )
-                if status != 429:  # the core's hash gate: come back in a moment
-                    break
-                await asyncio.sleep(0.2)
-            if status != 200:
-                raise RuntimeError(f"login {name}: {status} {body[:200]!r}")
-        browsers[name] = (http, loads(body)["cursor"])
-        send_locks[name] = asyncio.Lock()
-
-    await asyncio.gather(*(login(n) for n in cfg["browsers"]))
-    phase(f"{len(browsers)} browsers logged in")
+    browsers = await login_browsers(cfg)
+    send_locks = {name: asyncio.Lock() for name in browsers}
     conn.send(("browsers_ready", None))
     await recv()
 
