@@ -41,7 +41,6 @@ from .login import PasswordLogin
 from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded
 from .rooms import RoomRules
 from .session import ChatError, Session
-from .storage_files import StorageUnavailable
 from .store import HistoryState, HistoryStore
 from .tokens import TokenStore
 from .users import UserStore
@@ -184,16 +183,11 @@ class ChatService(PasswordLogin, RoomRules):
             if n != user
         ]
 
-    def _emit(self, user: str, event: dict[str, Any], skip: int = 0, size: int = 0) -> None:
-        """Append an event to one user's log and wake their held polls."""
-        ulog = self._logs.get(user)
-        if ulog is None:
-            return  # never logged in this run: their next login starts fresh
-        self._seq += 1
-        ulog.append(Entry(self._seq, event, skip, size or encoded_size(event)))
-        for s in list(self._online.get(user, ())):
-            if s.held is not None and s.id != skip:
-                self._answer_held(s)
+    def _emit(self, user: str, event: dict[str, Any], skip: int = 0) -> None:
+        """Append an event to one user's log and wake their held polls (but ``skip``'s)."""
+        if user in self._logs:
+            self._seq += 1
+            self._deliver(user, Entry(self._seq, event, skip, encoded_size(event)), skip)
 
     def _emit_many(self, users: Any, event: dict[str, Any]) -> None:
         """One event for many users: encoded once, one shared entry appended to each log."""
@@ -201,13 +195,16 @@ class ChatService(PasswordLogin, RoomRules):
         self._seq += 1
         entry = Entry(self._seq, shared, 0, len(shared.json))
         for user in users:
-            ulog = self._logs.get(user)
-            if ulog is None:
-                continue  # never logged in this run: their next login starts fresh
-            ulog.append(entry)
-            for s in list(self._online.get(user, ())):
-                if s.held is not None:
-                    self._answer_held(s)
+            self._deliver(user, entry, 0)
+
+    def _deliver(self, user: str, entry: Entry, skip: int) -> None:
+        ulog = self._logs.get(user)
+        if ulog is None:
+            return  # never logged in this run: their next login starts fresh
+        ulog.append(entry)
+        for s in list(self._online.get(user, ())):
+            if s.held is not None and s.id != skip:
+                self._answer_held(s)
 
     # -- entry point --------------------------------------------------------------
     def handle(
@@ -389,20 +386,11 @@ class ChatService(PasswordLogin, RoomRules):
         msg["ts"] = iso_timestamp(self.wall_clock)
         if cmid is not None:
             msg["client_msg_id"] = cmid
-        try:
-            commit = self.history.append({"op": "message", "message": msg})
-        except StorageUnavailable as exc:
-            log.error("send_message refused: %s", exc)
-            raise ChatError("storage_unavailable", "the server cannot save messages right now")
+        commit = self._write({"op": "message", "message": msg}, "messages")
         self._next_id += 1
         self._index(msg)
-        if kind == "peer":
-            event = {"type": "message", "message": msg}
-            size = encoded_size(event)
-            self._emit(sender, event, size=size)
-            self._emit(target, event, size=size)
-        else:
-            self._emit_many(target.members, {"type": "message", "message": msg})
+        recipients = (sender, target) if kind == "peer" else target.members
+        self._emit_many(recipients, {"type": "message", "message": msg})
         self._maybe_compact()
         return self._after_commit(commit, base, {"message": msg})
 

@@ -143,13 +143,13 @@ class RoomRules:
             if name != msg["from"]:
                 room.mentions.setdefault(name, []).append(msg["id"])
 
-    def _write(self, record: dict[str, Any]) -> Any:
+    def _write(self, record: dict[str, Any], what: str = "that") -> Any:
         """Journal ``record``; ``storage_unavailable`` if the disk refuses it."""
         try:
             return self.history.append(record)
         except StorageUnavailable as exc:
             log.error("%s refused: %s", record.get("op"), exc)
-            raise ChatError("storage_unavailable", "the server cannot save that right now")
+            raise ChatError("storage_unavailable", f"the server cannot save {what} right now")
 
     def enroll_users(self) -> None:
         """New users join ``general``; users no longer registered leave every room.
@@ -168,10 +168,9 @@ class RoomRules:
             for gone in sorted(room.members - names):
                 self._set_member(room, gone, False)
 
-    def _set_member(self, room: Room, user: str, joined: bool, *, by: str | None = None) -> Any:
+    def _set_member(self, room: Room, user: str, joined: bool) -> Any:
         """Journal and apply a membership change; tell the room and the user."""
-        record: dict[str, Any] = {"op": "member", "room": room.name, "user": user}
-        record["joined"] = joined
+        record: dict[str, Any] = {"op": "member", "room": room.name, "user": user, "joined": joined}
         if joined:
             record["marker"] = room.newest
         commit = self._write(record)
@@ -281,7 +280,7 @@ class RoomRules:
             raise ChatError("unknown_user", f"no user named {other!r}")
         commit = None
         if other not in room.members:
-            commit = self._set_member(room, other, True, by=session.username)
+            commit = self._set_member(room, other, True)
         return self._after_commit(commit, base, {})
 
     def _room_members(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
