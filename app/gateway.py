@@ -38,7 +38,14 @@ from typing import Any
 from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
 
 from .buffer import EventBuffer, Poll, encode_event
-from .limits import MAX_SESSIONS, MAX_SESSIONS_PER_ADDRESS, MAX_SESSIONS_PER_USER, FailedLogins
+from .limits import (
+    MAX_SESSIONS,
+    MAX_SESSIONS_PER_ADDRESS,
+    MAX_SESSIONS_PER_USER,
+    FailedLogins,
+    Refused,
+    SessionCaps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +69,6 @@ USERS_PAIRING_TRIES = 5
 
 class NotLoggedIn(Exception):
     """No session, an ended session, or a token the core refused."""
-
-
-class Refused(Exception):
-    """A limit of the web app's own refused the request (``code`` as in the contract)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class BrowserSession:
@@ -116,14 +114,8 @@ class Gateway:
         self.core = core
         self.idle_timeout = idle_timeout
         self.buffer_events = buffer_events
-        self.max_sessions_per_user = max_sessions_per_user
-        self.max_sessions_per_address = max_sessions_per_address
-        self.max_sessions = max_sessions
+        self.caps = SessionCaps(max_sessions_per_user, max_sessions_per_address, max_sessions)
         self.failed_logins = failed_logins if failed_logins is not None else FailedLogins()
-        #: Sessions (and logins in flight) per browser address, sessions per user.
-        self._by_address: dict[str, int] = {}
-        self._by_user: dict[str, int] = {}
-        self._logging_in = 0
         self.sessions: dict[str, BrowserSession] = {}
         self._probe: CoreClient | None = None
         self._reaper: asyncio.Task[None] | None = None
@@ -192,33 +184,12 @@ class Gateway:
                 "rate_limited",
                 f"too many failed logins from your address; try again in {int(wait) + 1} s",
             )
-        if len(self.sessions) + self._logging_in >= self.max_sessions:
-            raise Refused("server_busy", "the chat has all the browser sessions it can take now")
-        held = self._by_address.get(address, 0)
-        if held >= self.max_sessions_per_address:
-            raise Refused(
-                "too_many_sessions",
-                f"your address already has {held} browser sessions, the most allowed; "
-                "log out of one and try again",
-            )
-        self._count(self._by_address, address, 1)
-        self._logging_in += 1
+        self.caps.reserve(address)
         try:
-            session, reply = await self._login(username, password, address)
+            return await self._login(username, password, address)
         except BaseException:
-            self._count(self._by_address, address, -1)
+            self.caps.release(address)
             raise
-        finally:
-            self._logging_in -= 1
-        return session, reply
-
-    @staticmethod
-    def _count(table: dict[str, int], key: str, delta: int) -> None:
-        value = table.get(key, 0) + delta
-        if value > 0:
-            table[key] = value
-        else:
-            table.pop(key, None)
 
     async def _login(
         self, username: Any, password: Any, address: str
@@ -236,15 +207,11 @@ class Gateway:
             await client.close()
             raise
         name = reply["username"]
-        open_now = self._by_user.get(name, 0)
-        if open_now >= self.max_sessions_per_user:
+        try:
+            self.caps.add_user(name)
+        except Refused:
             await client.exit()
-            raise Refused(
-                "too_many_sessions",
-                f"{name} already has {open_now} browser sessions, the most allowed; "
-                "log out of one (or close a tab) and try again",
-            )
-        self._count(self._by_user, name, 1)
+            raise
         sid = secrets.token_urlsafe(SESSION_ID_BYTES)
         session = BrowserSession(sid, name, reply["token"], client, self.buffer_events, address)
         # The buffer starts empty at the login's core cursor: the list in the
@@ -281,8 +248,7 @@ class Gateway:
     def _forget(self, session: BrowserSession) -> None:
         session.ended = True
         if self.sessions.pop(session.sid, None) is not None:
-            self._count(self._by_user, session.username, -1)
-            self._count(self._by_address, session.address, -1)
+            self.caps.remove(session.username, session.address)
 
     # -- forwarding ------------------------------------------------------------------------
     async def call(self, session: BrowserSession, purpose: str, **fields: Any) -> dict[str, Any]:

@@ -62,3 +62,75 @@ class FailedLogins:
         self._buckets[address] = (max(0.0, tokens - 1), now)
         while len(self._buckets) > MAX_TRACKED_ADDRESSES:
             del self._buckets[next(iter(self._buckets))]
+
+
+class Refused(Exception):
+    """A limit of the web app's own refused the request (``code`` as in the contract)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class SessionCaps:
+    """Browser sessions counted per address, per user and in all, against their caps.
+
+    An address's slot is reserved before the core is asked (so a flood of
+    logins in flight counts too), a user's once the core has said who it is.
+    """
+
+    def __init__(
+        self,
+        per_user: int = MAX_SESSIONS_PER_USER,
+        per_address: int = MAX_SESSIONS_PER_ADDRESS,
+        total: int = MAX_SESSIONS,
+    ) -> None:
+        self.per_user = per_user
+        self.per_address = per_address
+        self.total = total
+        self._held = 0
+        self._by_address: dict[str, int] = {}
+        self._by_user: dict[str, int] = {}
+
+    def reserve(self, address: str) -> None:
+        """Take a slot for a login from ``address``; :class:`Refused` if none is left."""
+        if self._held >= self.total:
+            raise Refused("server_busy", "the chat has all the browser sessions it can take now")
+        held = self._by_address.get(address, 0)
+        if held >= self.per_address:
+            raise Refused(
+                "too_many_sessions",
+                f"your address already has {held} browser sessions, the most allowed; "
+                "log out of one and try again",
+            )
+        self._held += 1
+        _count(self._by_address, address, 1)
+
+    def release(self, address: str) -> None:
+        self._held -= 1
+        _count(self._by_address, address, -1)
+
+    def add_user(self, name: str) -> None:
+        """Count a session of ``name`` (its address is reserved); :class:`Refused` if over."""
+        open_now = self._by_user.get(name, 0)
+        if open_now >= self.per_user:
+            raise Refused(
+                "too_many_sessions",
+                f"{name} already has {open_now} browser sessions, the most allowed; "
+                "log out of one (or close a tab) and try again",
+            )
+        _count(self._by_user, name, 1)
+
+    def remove(self, name: str, address: str) -> None:
+        """A session ended: free its user's and its address's places."""
+        _count(self._by_user, name, -1)
+        self.release(address)
+
+
+def _count(table: dict[str, int], key: str, delta: int) -> None:
+    value = table.get(key, 0) + delta
+    if value > 0:
+        table[key] = value
+    else:
+        table.pop(key, None)

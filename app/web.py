@@ -24,8 +24,8 @@ from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer, ServerConfig
 
 from .config import WebConfig
-from .gateway import BrowserSession, Gateway, NotLoggedIn, Refused
-from .limits import FailedLogins
+from .gateway import BrowserSession, Gateway, NotLoggedIn
+from .limits import FailedLogins, Refused
 
 log = logging.getLogger(__name__)
 
