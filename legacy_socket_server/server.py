@@ -38,6 +38,15 @@ from .settings import (
     wait_for_stop_signal,
 )
 from .store import MIN_COMPACT_BYTES, HistoryStore
+from .tls import (
+    DEFAULT_NAMES,
+    DEFAULT_TLS_PORT,
+    HANDSHAKE_TIMEOUT,
+    CertificateReloader,
+    ensure_certificate,
+    parse_names,
+    server_context,
+)
 from .tokens import TokenStore
 from .users import UserStore
 
@@ -85,6 +94,12 @@ class ServerConfig:
         default_factory=lambda: parse_networks(TRUSTED_CLIENTS)
     )
     max_sessions_per_user: int = MAX_SESSIONS_PER_USER
+    #: A second listener with TLS (docs/protocol.md#tls); None: off.
+    tls_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_names: tuple[str, ...] = field(default_factory=lambda: parse_names(DEFAULT_NAMES))
+    tls_handshake_timeout: float = HANDSHAKE_TIMEOUT
 
 
 class Connection(asyncio.Protocol):
@@ -337,7 +352,11 @@ class CoreServer:
         #: Open connections per untrusted client address.
         self.per_address: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._tls_server: asyncio.AbstractServer | None = None
         self.port = config.port
+        self.tls_port: int | None = None
+        #: Present while TLS is on: the live certificate and its renewals.
+        self.tls: CertificateReloader | None = None
 
     @classmethod
     async def start(cls, config: ServerConfig) -> CoreServer:
@@ -347,7 +366,11 @@ class CoreServer:
             self._server = await loop.create_server(
                 lambda: Connection(self), config.host, config.port, backlog=4096
             )
-        except OSError:
+            if config.tls_port is not None:
+                await self._start_tls(config)
+        except BaseException:
+            if self._server is not None:
+                self._server.close()
             self.service.history.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
@@ -358,20 +381,50 @@ class CoreServer:
             Path(config.data_dir).resolve(),
             config.fsync,
         )
+        if self.tls is not None:
+            log.warning(
+                "TLS on %s:%d, certificate %s (%s)",
+                config.host,
+                self.tls_port,
+                self.tls.fingerprint,
+                self.tls.files.cert,
+            )
         return self
+
+    async def _start_tls(self, config: ServerConfig) -> None:
+        files = ensure_certificate(
+            Path(config.data_dir), config.tls_cert, config.tls_key, config.tls_names
+        )
+        ctx = server_context(files)
+        # The same Connection as plaintext: every cap, timeout and bound applies
+        # once the handshake is done; a handshake that stalls is cut by asyncio.
+        self._tls_server = await asyncio.get_running_loop().create_server(
+            lambda: Connection(self),
+            config.host,
+            config.tls_port,
+            ssl=ctx,
+            ssl_handshake_timeout=config.tls_handshake_timeout,
+            backlog=4096,
+        )
+        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        self.tls = CertificateReloader(ctx, files)
+        self.tls.start()
 
     async def stop(self) -> None:
         """Graceful: stop accepting, close clients, compact history.json."""
-        if self._server is not None:
-            self._server.close()
+        listeners = [s for s in (self._server, self._tls_server) if s is not None]
+        for listener in listeners:
+            listener.close()
+        if self.tls is not None:
+            self.tls.stop()
         self.service.closing = True
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
         await asyncio.sleep(0)  # let connection_lost run for each
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for listener in listeners:
+            await listener.wait_closed()
+        self._server = self._tls_server = None
         self.service.close()
         log.info("chat core stopped; history compacted")
 
@@ -451,6 +504,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         metavar="1|0",
         help="create Alice, Bob and Charlie in a data directory that has no users",
     )
+    add_tls(p)
     add_log_level(p)
     p.add_argument(
         "--healthcheck",
@@ -458,6 +512,48 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="send one ping to --host:--port and exit 0 if it answers (docker)",
     )
     return p
+
+
+def add_tls(p: SettingsParser) -> None:
+    """The TLS listener's settings (docs/deploy.md#tls)."""
+    p.add_setting(
+        "--tls-port",
+        env="CHAT_TLS_PORT",
+        type=port,
+        default=None,
+        help=f"also listen with TLS on this port ({DEFAULT_TLS_PORT} by convention); "
+        "off when not given",
+    )
+    p.add_setting(
+        "--tls-cert",
+        env="CHAT_TLS_CERT",
+        type=Path,
+        default=None,
+        help="the operator's PEM certificate chain; without it the core generates a "
+        "self-signed one in the data directory at its first TLS start",
+    )
+    p.add_setting(
+        "--tls-key",
+        env="CHAT_TLS_KEY",
+        type=Path,
+        default=None,
+        help="the PEM key of --tls-cert (when it is not in the certificate file)",
+    )
+    p.add_setting(
+        "--tls-names",
+        env="CHAT_TLS_NAMES",
+        type=parse_names,
+        default=DEFAULT_NAMES,
+        metavar="NAMES",
+        help="comma-separated host names and addresses a generated certificate is for",
+    )
+    p.add_setting(
+        "--tls-handshake-timeout",
+        env="CHAT_TLS_HANDSHAKE_TIMEOUT",
+        type=positive_float,
+        default=HANDSHAKE_TIMEOUT,
+        help="seconds a TLS handshake may take before the connection is cut",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -473,6 +569,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_ip=args.max_connections_per_ip,
         trusted_clients=args.trusted_clients,
         max_sessions_per_user=args.max_sessions_per_user,
+        tls_port=args.tls_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_names=args.tls_names,
+        tls_handshake_timeout=args.tls_handshake_timeout,
     )
 
 
@@ -499,7 +600,10 @@ async def healthcheck(host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tls_key is not None and args.tls_cert is None:
+        parser.error("--tls-key (CHAT_TLS_KEY) needs --tls-cert (CHAT_TLS_CERT)")
     setup_logging(args.log_level)
     if args.healthcheck:
         return run(healthcheck(args.host, args.port))

@@ -223,14 +223,16 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
 def run_main(coro: Coroutine[Any, Any, Any], logger: str) -> int:
     """Run a server until it stops; the exit code says why it stopped.
 
-    0: stopped on a signal. 2: the data directory refused to load (nothing
-    was changed; the message says what to fix). 1: the OS refused (port in
+    0: stopped on a signal. 2: the data directory or the TLS certificate
+    refused to load (nothing was changed; the message says what to fix). 1: the OS refused (port in
     use, permissions).
     """
+    from .tls import TLSSetupError  # noqa: PLC0415 - tls.py imports this module
+
     log = logging.getLogger(logger)
     try:
         run(coro)
-    except StoreError as exc:
+    except (StoreError, TLSSetupError) as exc:
         log.error("refusing to start: %s", exc)
         return 2
     except OSError as exc:

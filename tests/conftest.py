@@ -41,6 +41,7 @@ def require_tool(name: str, why: str) -> str:
 
 
 _LISTEN_RE = re.compile(r"listening on (\S+):(\d+)")
+_TLS_RE = re.compile(r"TLS on (\S+):(\d+), certificate (sha256:[0-9a-f]{64})")
 
 
 class CoreProcess:
@@ -51,12 +52,18 @@ class CoreProcess:
         self.extra_args = extra_args or []
         self.host = "127.0.0.1"
         self.port = 0
+        #: With ``--tls-port`` in ``extra_args``: the TLS port and certificate fingerprint.
+        self.tls_port = 0
+        self.fingerprint = ""
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = data_dir / "core.log"
 
     def start(self, port: int | None = None) -> CoreProcess:
-        """Start (or restart, by default on the same port) and wait until listening."""
+        """Start (or restart, by default on the same ports) and wait until listening."""
         port = self.port if port is None else port
+        if self.tls_port and "--tls-port" in self.extra_args:  # a restart keeps the TLS port
+            at = self.extra_args.index("--tls-port") + 1
+            self.extra_args[at] = str(self.tls_port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "a")  # noqa: SIM115 - the child owns it
         start_offset = self.log_path.stat().st_size
@@ -84,15 +91,21 @@ class CoreProcess:
         )
         log.close()
 
-        def listening() -> re.Match[str] | None:
+        tls = "--tls-port" in self.extra_args
+
+        def listening() -> tuple[re.Match[str], re.Match[str] | None] | None:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"core exited early:\n{self.log_path.read_text()}")
             with open(self.log_path) as f:
                 f.seek(start_offset)
-                return _LISTEN_RE.search(f.read())
+                text = f.read()
+            plain, secure = _LISTEN_RE.search(text), _TLS_RE.search(text)
+            return (plain, secure) if plain and (secure or not tls) else None
 
-        match = wait_for(listening, timeout=20, what="the core to listen")
-        self.port = int(match.group(2))
+        plain, secure = wait_for(listening, timeout=20, what="the core to listen")
+        self.port = int(plain.group(2))
+        if secure is not None:
+            self.tls_port, self.fingerprint = int(secure.group(2)), secure.group(3)
         return self
 
     def kill(self) -> None:
