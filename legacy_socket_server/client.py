@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
+from .tls import ClientTLS, UntrustedCertificate
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +71,26 @@ class CoreClient(asyncio.Protocol):
         *,
         timeout: float = 5.0,
         max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        tls: ClientTLS | None = None,
     ) -> CoreClient:
+        """Connect (over TLS when ``tls`` is given: nothing is sent before the core's
+        certificate is verified, and a failed check is :class:`CoreUnavailable`)."""
         loop = asyncio.get_running_loop()
+        extra: dict[str, Any] = {}
+        if tls is not None:
+            extra = {"ssl": tls.context(), "server_hostname": host}
         try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: cls(max_bytes), host, port), timeout
+            transport, proto = await asyncio.wait_for(
+                loop.create_connection(lambda: cls(max_bytes), host, port, **extra), timeout
             )
         except (TimeoutError, OSError) as exc:
             raise CoreUnavailable(f"cannot reach the core at {host}:{port}: {exc}") from exc
+        if tls is not None:
+            try:
+                tls.check(transport.get_extra_info("ssl_object"))
+            except (UntrustedCertificate, ssl.SSLError) as exc:
+                transport.abort()
+                raise CoreUnavailable(f"refusing the core at {host}:{port}: {exc}") from exc
         return proto
 
     # -- asyncio.Protocol -------------------------------------------------

@@ -50,6 +50,10 @@ class TLSSetupError(Exception):
     """A certificate or key that cannot be used; the message says which file and why."""
 
 
+class UntrustedCertificate(Exception):
+    """The peer's certificate is not the one pinned; the message shows both fingerprints."""
+
+
 # -- fingerprints -------------------------------------------------------------------------
 def fingerprint(der: bytes) -> str:
     """The ``sha256:<64 hex>`` fingerprint of a DER-encoded certificate."""
@@ -298,6 +302,30 @@ def client_context(cafile: Path | str | None = None, *, verify: bool = True) -> 
         ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """How a program verifies the core over TLS: a CA file, or a pinned fingerprint,
+    else the system's trust store. (The desktop client adds trust on first use.)"""
+
+    cafile: Path | None = None
+    fingerprint: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        return client_context(self.cafile, verify=self.fingerprint is None)
+
+    def check(self, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> None:
+        """After the handshake: raise ``ssl.SSLError`` unless the pinned certificate was shown."""
+        if self.fingerprint is None:
+            return  # the chain and host name were verified in the handshake
+        if ssl_object is None:
+            raise ssl.SSLError("no TLS session to check")
+        got = peer_fingerprint(ssl_object)
+        if got != self.fingerprint:
+            raise ssl.SSLError(
+                f"the core's certificate is {got}, not the pinned {self.fingerprint}"
+            )
 
 
 # -- command line -----------------------------------------------------------------------------
