@@ -24,6 +24,27 @@ def _bound_port(runner: web.AppRunner, fallback: int) -> int:
     return fallback
 
 
+def _desktop_hint(app: web.Application, config: WebConfig, host: str) -> str:
+    """The command a desktop user runs to reach the core this web app uses."""
+    if config.core is not None:
+        core_host, core_port = config.core
+        return (
+            f"Desktop client (core at {core_host}:{core_port}): "
+            f"python chatapp.py --host {core_host} --port {core_port}"
+        )
+    core = app[CORE_KEY]
+    if core.tls is not None:
+        return (
+            f"Desktop client (embedded core, TLS at {host}:{core.tls_port}, certificate "
+            f"{core.tls.fingerprint}): python chatapp.py --host {host} --port {core.tls_port} "
+            f"--fingerprint {core.tls.fingerprint}"
+        )
+    return (
+        f"Desktop client (embedded core at {host}:{core.port}): "
+        f"python chatapp.py --host {host} --port {core.port}"
+    )
+
+
 async def serve(config: WebConfig) -> None:
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None)
@@ -34,19 +55,9 @@ async def serve(config: WebConfig) -> None:
         port = _bound_port(runner, config.port)
         host = connect_host(config.host)
         url_host = f"[{host}]" if ":" in host else host
-        if config.core is None:
-            core_host, core_port = host, app[CORE_KEY].port
-            core_note = "embedded core"
-        else:
-            core_host, core_port = config.core
-            core_note = "core"
         # The one place this program talks to a person rather than to the log.
         print(f"Chat is running: http://{url_host}:{port}/", flush=True)
-        print(
-            f"Desktop client ({core_note} at {core_host}:{core_port}): "
-            f"python chatapp.py --host {core_host} --port {core_port}",
-            flush=True,
-        )
+        print(_desktop_hint(app, config, host), flush=True)
         await wait_for_stop_signal()
         logging.getLogger("app").info("shutting down")
     finally:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from legacy_socket_server.server import add_tls, tls_from_args
 from legacy_socket_server.settings import (
     DEFAULT_DATA_DIR,
     SettingsParser,
@@ -21,6 +22,7 @@ from legacy_socket_server.settings import (
     positive_float,
     positive_int,
 )
+from legacy_socket_server.tls import ClientTLS, TLSListener, parse_fingerprint
 
 from .limits import (
     FAILED_LOGIN_BURST,
@@ -60,6 +62,10 @@ class WebConfig:
     max_sessions_per_ip: int = MAX_SESSIONS_PER_ADDRESS
     max_sessions: int = MAX_SESSIONS
     failed_logins_per_minute: int = FAILED_LOGIN_BURST
+    #: How to verify an external core over TLS (docs/deploy.md#tls); None: plaintext.
+    core_tls: ClientTLS | None = None
+    #: The embedded core's TLS listener for desktop clients; None: off.
+    tls: TLSListener | None = None
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
@@ -83,6 +89,28 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         default=None,
         metavar="HOST:PORT",
         help="use a running core instead of the embedded one",
+    )
+    p.add_setting(
+        "--core-tls",
+        env="CHAT_CORE_TLS",
+        switch=True,
+        default=False,
+        help="reach --core over TLS, verified by the system's trust store (or the two below)",
+    )
+    p.add_setting(
+        "--core-cafile",
+        env="CHAT_CORE_CAFILE",
+        type=Path,
+        default=None,
+        help="reach --core over TLS, verified by this CA file (implies --core-tls)",
+    )
+    p.add_setting(
+        "--core-fingerprint",
+        env="CHAT_CORE_FINGERPRINT",
+        type=_fingerprint,
+        default=None,
+        metavar="sha256:HEX",
+        help="reach --core over TLS, pinned to this certificate (implies --core-tls)",
     )
     add_storage(p, note="embedded core: ")
     p.add_setting(
@@ -156,8 +184,23 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="browser sessions in all (each is a core connection: keep it under the core's "
         "--max-connections); one more gets 503 server_busy",
     )
+    add_tls(p, note="embedded core: ")
     add_log_level(p)
+    p.add_check(
+        lambda args: (
+            "--core-tls, --core-cafile and --core-fingerprint need --core HOST:PORT"
+            if args.core is None and (args.core_tls or args.core_cafile or args.core_fingerprint)
+            else None
+        )
+    )
     return p
+
+
+def _fingerprint(value: str) -> str:
+    try:
+        return parse_fingerprint(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def config_from_args(args: argparse.Namespace) -> WebConfig:
@@ -178,4 +221,8 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
         max_sessions_per_ip=args.max_sessions_per_ip,
         max_sessions=args.max_sessions,
         failed_logins_per_minute=args.failed_logins_per_minute,
+        core_tls=ClientTLS(args.core_cafile, args.core_fingerprint)
+        if args.core_tls or args.core_cafile or args.core_fingerprint
+        else None,
+        tls=tls_from_args(args),
     )

@@ -36,6 +36,7 @@ import secrets
 from typing import Any
 
 from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
+from legacy_socket_server.tls import ClientTLS
 
 from .buffer import EventBuffer, Poll, encode_event
 from .limits import (
@@ -103,6 +104,7 @@ class Gateway:
         self,
         core: tuple[str, int] | None = None,
         *,
+        core_tls: ClientTLS | None = None,
         idle_timeout: float = 30.0,
         buffer_events: int = 1000,
         max_sessions_per_user: int = MAX_SESSIONS_PER_USER,
@@ -112,6 +114,7 @@ class Gateway:
     ) -> None:
         #: ``(host, port)`` of the core; set later for an embedded core.
         self.core = core
+        self.core_tls = core_tls
         self.idle_timeout = idle_timeout
         self.buffer_events = buffer_events
         self.caps = SessionCaps(max_sessions_per_user, max_sessions_per_address, max_sessions)
@@ -148,7 +151,7 @@ class Gateway:
     async def _connect(self, timeout: float = 5.0) -> CoreClient:
         if self.core is None:
             raise CoreUnavailable("no core configured yet")
-        return await CoreClient.connect(*self.core, timeout=timeout)
+        return await CoreClient.connect(*self.core, timeout=timeout, tls=self.core_tls)
 
     # -- health ------------------------------------------------------------------------
     async def healthy(self) -> bool:

@@ -408,6 +408,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 port=config.core_port,
                 data_dir=config.data_dir,
                 fsync=config.fsync,
+                tls=config.tls,
             )
         )
         app[CORE_KEY] = core
@@ -431,6 +432,7 @@ def create_app(config: WebConfig | None = None) -> web.Application:
     app[CONFIG_KEY] = config
     app[GATEWAY_KEY] = Gateway(
         config.core,
+        core_tls=config.core_tls,
         idle_timeout=config.idle_timeout,
         buffer_events=config.buffer_events,
         max_sessions_per_user=config.max_sessions_per_user,

@@ -43,6 +43,7 @@ from .tls import (
     DEFAULT_TLS_PORT,
     HANDSHAKE_TIMEOUT,
     CertificateReloader,
+    TLSListener,
     ensure_certificate,
     parse_names,
     server_context,
@@ -95,11 +96,7 @@ class ServerConfig:
     )
     max_sessions_per_user: int = MAX_SESSIONS_PER_USER
     #: A second listener with TLS (docs/protocol.md#tls); None: off.
-    tls_port: int | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_names: tuple[str, ...] = field(default_factory=lambda: parse_names(DEFAULT_NAMES))
-    tls_handshake_timeout: float = HANDSHAKE_TIMEOUT
+    tls: TLSListener | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -366,8 +363,8 @@ class CoreServer:
             self._server = await loop.create_server(
                 lambda: Connection(self), config.host, config.port, backlog=4096
             )
-            if config.tls_port is not None:
-                await self._start_tls(config)
+            if config.tls is not None:
+                await self._start_tls(config.data_dir, config.host, config.tls)
         except BaseException:
             if self._server is not None:
                 self._server.close()
@@ -391,19 +388,17 @@ class CoreServer:
             )
         return self
 
-    async def _start_tls(self, config: ServerConfig) -> None:
-        files = ensure_certificate(
-            Path(config.data_dir), config.tls_cert, config.tls_key, config.tls_names
-        )
+    async def _start_tls(self, data_dir: Path, host: str, tls: TLSListener) -> None:
+        files = ensure_certificate(Path(data_dir), tls.cert, tls.key, tls.names)
         ctx = server_context(files)
         # The same Connection as plaintext: every cap, timeout and bound applies
         # once the handshake is done; a handshake that stalls is cut by asyncio.
         self._tls_server = await asyncio.get_running_loop().create_server(
             lambda: Connection(self),
-            config.host,
-            config.tls_port,
+            host,
+            tls.port,
             ssl=ctx,
-            ssl_handshake_timeout=config.tls_handshake_timeout,
+            ssl_handshake_timeout=tls.handshake_timeout,
             backlog=4096,
         )
         self.tls_port = self._tls_server.sockets[0].getsockname()[1]
@@ -514,15 +509,15 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
     return p
 
 
-def add_tls(p: SettingsParser) -> None:
+def add_tls(p: SettingsParser, note: str = "") -> None:
     """The TLS listener's settings (docs/deploy.md#tls)."""
     p.add_setting(
         "--tls-port",
         env="CHAT_TLS_PORT",
         type=port,
         default=None,
-        help=f"also listen with TLS on this port ({DEFAULT_TLS_PORT} by convention); "
-        "off when not given",
+        help=f"{note}also listen with TLS on this port ({DEFAULT_TLS_PORT} by convention) "
+        "for desktop clients across a network; off when not given",
     )
     p.add_setting(
         "--tls-cert",
@@ -554,6 +549,26 @@ def add_tls(p: SettingsParser) -> None:
         default=HANDSHAKE_TIMEOUT,
         help="seconds a TLS handshake may take before the connection is cut",
     )
+    p.add_check(
+        lambda args: (
+            "--tls-key (CHAT_TLS_KEY) needs --tls-cert (CHAT_TLS_CERT)"
+            if args.tls_key is not None and args.tls_cert is None
+            else None
+        )
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> TLSListener | None:
+    """The listener :func:`add_tls`'s settings describe (None: TLS off)."""
+    if args.tls_port is None:
+        return None
+    return TLSListener(
+        port=args.tls_port,
+        cert=args.tls_cert,
+        key=args.tls_key,
+        names=args.tls_names,
+        handshake_timeout=args.tls_handshake_timeout,
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -569,11 +584,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_ip=args.max_connections_per_ip,
         trusted_clients=args.trusted_clients,
         max_sessions_per_user=args.max_sessions_per_user,
-        tls_port=args.tls_port,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_names=args.tls_names,
-        tls_handshake_timeout=args.tls_handshake_timeout,
+        tls=tls_from_args(args),
     )
 
 
@@ -600,10 +611,7 @@ async def healthcheck(host: str, port: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.tls_key is not None and args.tls_cert is None:
-        parser.error("--tls-key (CHAT_TLS_KEY) needs --tls-cert (CHAT_TLS_CERT)")
+    args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     if args.healthcheck:
         return run(healthcheck(args.host, args.port))

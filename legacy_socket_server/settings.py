@@ -110,6 +110,7 @@ class SettingsParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, env: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._settings: list[_Setting] = []
+        self._checks: list[Callable[[argparse.Namespace], str | None]] = []
         self.env: Mapping[str, str] = os.environ if env is None else env
 
     def add_setting(
@@ -158,7 +159,16 @@ class SettingsParser(argparse.ArgumentParser):
             if s.choices is not None and value not in s.choices:
                 self.error(f"{s.env}={raw!r} (for {s.flag}): choose from {', '.join(s.choices)}")
             self.set_defaults(**{s.dest: value})
-        return super().parse_args(args, namespace)
+        parsed = super().parse_args(args, namespace)
+        for check in self._checks:
+            problem = check(parsed)
+            if problem:
+                self.error(problem)
+        return parsed
+
+    def add_check(self, check: Callable[[argparse.Namespace], str | None]) -> None:
+        """A rule across settings: ``check(args)`` returns what is wrong, or None."""
+        self._checks.append(check)
 
 
 def add_storage(parser: SettingsParser, note: str = "") -> None:

@@ -88,6 +88,17 @@ def peer_fingerprint(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     return fingerprint(der)
 
 
+@dataclass(frozen=True)
+class TLSListener:
+    """The core's TLS listener settings (``--tls-port`` and friends)."""
+
+    port: int = DEFAULT_TLS_PORT
+    cert: Path | None = None  # None: generated in the data directory
+    key: Path | None = None
+    names: tuple[str, ...] = tuple(DEFAULT_NAMES.split(","))
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+
+
 # -- the core's certificate -----------------------------------------------------------------
 @dataclass(frozen=True)
 class CertFiles:
