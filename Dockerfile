@@ -37,5 +37,5 @@ WORKDIR /app
 COPY server.py ./
 
 USER 10001:10001
-EXPOSE 5050 8080
+EXPOSE 5050 5051 8080
 CMD ["python", "server.py", "--host", "0.0.0.0", "--data-dir", "/data"]

@@ -379,7 +379,7 @@ class CoreServer:
             config.fsync,
         )
         if self.tls is not None:
-            log.warning(
+            log.info(
                 "TLS on %s:%d, certificate %s (%s)",
                 config.host,
                 self.tls_port,
@@ -524,7 +524,7 @@ def add_tls(p: SettingsParser, note: str = "") -> None:
         env="CHAT_TLS_CERT",
         type=Path,
         default=None,
-        help="the operator's PEM certificate chain; without it the core generates a "
+        help=f"{note}the operator's PEM certificate chain; without it the core generates a "
         "self-signed one in the data directory at its first TLS start",
     )
     p.add_setting(
@@ -532,7 +532,7 @@ def add_tls(p: SettingsParser, note: str = "") -> None:
         env="CHAT_TLS_KEY",
         type=Path,
         default=None,
-        help="the PEM key of --tls-cert (when it is not in the certificate file)",
+        help=f"{note}the PEM key of --tls-cert (when it is not in the certificate file)",
     )
     p.add_setting(
         "--tls-names",
@@ -540,14 +540,14 @@ def add_tls(p: SettingsParser, note: str = "") -> None:
         type=parse_names,
         default=DEFAULT_NAMES,
         metavar="NAMES",
-        help="comma-separated host names and addresses a generated certificate is for",
+        help=f"{note}comma-separated host names and addresses a generated certificate is for",
     )
     p.add_setting(
         "--tls-handshake-timeout",
         env="CHAT_TLS_HANDSHAKE_TIMEOUT",
         type=positive_float,
         default=HANDSHAKE_TIMEOUT,
-        help="seconds a TLS handshake may take before the connection is cut",
+        help=f"{note}seconds a TLS handshake may take before the connection is cut",
     )
     p.add_check(
         lambda args: (

@@ -96,6 +96,8 @@ class _Setting:
     env: str
     convert: Callable[[str], Any]
     choices: tuple[str, ...] | None
+    #: No default (None): an empty variable means "not set", as ``${NAME:-}`` in compose gives.
+    optional: bool
 
 
 class SettingsParser(argparse.ArgumentParser):
@@ -144,13 +146,20 @@ class SettingsParser(argparse.ArgumentParser):
             )
             convert = type
         self._settings.append(
-            _Setting(action.dest, flag, env, convert, tuple(choices) if choices else None)
+            _Setting(
+                action.dest,
+                flag,
+                env,
+                convert,
+                tuple(choices) if choices else None,
+                optional=default is None,
+            )
         )
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         for s in self._settings:
             raw = self.env.get(s.env)
-            if raw is None:
+            if raw is None or (s.optional and not raw.strip()):
                 continue
             try:
                 value = s.convert(raw)

@@ -195,7 +195,7 @@ def ensure_certificate(
     if not (cert_path.exists() and key_path.exists()):
         data_dir.mkdir(parents=True, exist_ok=True)
         generate_self_signed(cert_path, key_path, names)
-        log.warning(
+        log.info(
             "generated a self-signed TLS certificate for %s in %s; users check it by its "
             "fingerprint",
             ", ".join(names),
@@ -265,7 +265,7 @@ class CertificateReloader:
             return False
         changed = new != self.fingerprint
         self.fingerprint = new
-        log.warning(
+        log.info(
             "TLS certificate %s: %s", "reloaded" if changed else "unchanged after reload", new
         )
         return changed

@@ -37,6 +37,9 @@ EXPECTED_COMMANDS = {
 }
 #: The variable each program reads its listening port from (when no --port flag is given).
 PORT_VARIABLE = {"core": "CHAT_PORT", "web": "CHAT_WEB_PORT"}
+#: The port each service publishes to the network: the core only its TLS port
+#: (docs/protocol.md#tls), its plaintext one stays inside the compose network.
+PUBLISHED_VARIABLE = {"core": "CHAT_TLS_PORT", "web": "CHAT_WEB_PORT"}
 DATA_DIR = "/data"
 CHAT_VAR = re.compile(r"\bCHAT_[A-Z_]+\b")
 #: The code each service runs, where its settings are read (the desktop client's are not).
@@ -91,6 +94,14 @@ def env_mapping(environment: Any) -> dict[str, str]:
 
 def command_argv(command: str | list[str]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def listen_port(name: str, service: dict[str, Any]) -> int:
+    """The plaintext port a service's program listens on inside its container."""
+    argv = command_argv(service["command"])
+    if "--port" in argv:
+        return int(argv[argv.index("--port") + 1])
+    return int(env_mapping(service.get("environment"))[PORT_VARIABLE[name]])
 
 
 def published(service: dict[str, Any]) -> list[tuple[int, int]]:

@@ -48,6 +48,7 @@ from deploy_files import (
     EXPECTED_COMMANDS,
     PORT_VARIABLE,
     PROGRAM_SOURCES,
+    PUBLISHED_VARIABLE,
     PYPROJECT,
     build_context,
     clean_env,
@@ -61,6 +62,7 @@ from deploy_files import (
     help_text,
     ignored,
     interpolate,
+    listen_port,
     load_compose,
     parse_duration,
     program_of,
@@ -69,6 +71,7 @@ from deploy_files import (
 from packaging.specifiers import SpecifierSet
 
 from legacy_socket_server.client import CoreClient
+from legacy_socket_server.tls import ClientTLS
 
 # --- the Compose Specification's schema -----------------------------------------------------
 
@@ -164,13 +167,13 @@ def test_compose_structure() -> None:
         for key in ("interval", "timeout", "start_period"):
             assert DURATION_RE.match(str(hc[key])), (name, key, hc[key])
         assert isinstance(hc["retries"], int) and hc["retries"] >= 1
-        # One published port, the one the program listens on inside the container.
+        # One published port: the web app's HTTP port, the core's TLS port (never plaintext).
         (host_port, container_port), *rest = published(svc)
         assert not rest, svc["ports"]
-        argv = command_argv(svc["command"])
-        port = argv[argv.index("--port") + 1] if "--port" in argv else env[PORT_VARIABLE[name]]
-        assert int(port) == container_port == host_port, (name, port, svc["ports"])
+        port = int(env[PUBLISHED_VARIABLE[name]])
+        assert port == container_port == host_port, (name, port, svc["ports"])
         assert container_port in exposed, f"EXPOSE {container_port} in the Dockerfile"
+        assert listen_port(name, svc) in exposed
 
     core, web = services["core"], services["web"]
     # The data: one named volume, mounted where --data-dir and CHAT_DATA_DIR point.
@@ -186,7 +189,8 @@ def test_compose_structure() -> None:
     argv = command_argv(web["command"])
     core_address = argv[argv.index("--core") + 1]
     core_host, core_port = core_address.split(":")
-    assert core_host in services and int(core_port) == published(core)[0][1]
+    assert core_host in services and int(core_port) == listen_port("core", core)
+    assert int(core_port) not in {c for _, c in published(core)}, "plaintext stays inside"
     assert env_mapping(web["environment"])["CHAT_CORE"] == core_address
     assert web["depends_on"] == {core_host: {"condition": "service_healthy"}}
     # Both services run the image the Dockerfile builds, and its default command is the core.
@@ -242,6 +246,7 @@ class Service:
     healthcheck: list[str]
     health_timeout: float
     port: int
+    tls_port: int
     log: Path
     proc: subprocess.Popen[bytes] | None = None
 
@@ -274,6 +279,18 @@ class Service:
 
         wait_for(healthy, timeout=30, interval=0.1, what=f"{self.name} to be healthy")
 
+    def exec(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``docker compose exec SERVICE python ...``: a command in the service's environment."""
+        assert argv[0] == "python", argv
+        return subprocess.run(
+            [sys.executable, *argv[1:]],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None
@@ -293,13 +310,14 @@ class Service:
 def compose_services(tmp_path: Path, host_env: Mapping[str, str]) -> dict[str, Service]:
     """The compose services as subprocesses: ``python`` is this interpreter, service names are
     127.0.0.1, /data is a temp dir, and each listening port a free one (published = listened,
-    checked by test_compose_structure). Everything else is taken from the file as written."""
+    checked by test_compose_structure; the core's TLS port another free one). Everything else
+    is taken from the file as written."""
     doc = interpolate(load_compose(), host_env)
     image_env = dockerfile_env(dockerfile_stages()[-1])
     data_dir = tmp_path / "data"
     ports = {name: free_port() for name in doc["services"]}
     addresses = {
-        f"{name}:{published(svc)[0][1]}": f"127.0.0.1:{ports[name]}"
+        f"{name}:{listen_port(name, svc)}": f"127.0.0.1:{ports[name]}"
         for name, svc in doc["services"].items()
     }
 
@@ -320,6 +338,10 @@ def compose_services(tmp_path: Path, host_env: Mapping[str, str]) -> dict[str, S
             argv[argv.index("--port") + 1] = str(ports[name])
         else:
             env[PORT_VARIABLE[name]] = str(ports[name])
+        tls_port = 0
+        if env.get("CHAT_TLS_PORT"):
+            tls_port = free_port()
+            env["CHAT_TLS_PORT"] = str(tls_port)
         hc = svc["healthcheck"]
         services[name] = Service(
             name=name,
@@ -328,6 +350,7 @@ def compose_services(tmp_path: Path, host_env: Mapping[str, str]) -> dict[str, S
             healthcheck=executable(hc["test"][1:]),
             health_timeout=parse_duration(hc["timeout"]),
             port=ports[name],
+            tls_port=tls_port,
             log=tmp_path / f"{name}.log",
         )
     return services
@@ -404,8 +427,16 @@ def test_compose_services_run_as_written(running: dict[str, Service], tmp_path: 
     loop = LoopThread()
     bob: CoreClient | None = None
     try:
-        # A desktop-style client through the core's published port.
-        bob = loop.run(CoreClient.connect("127.0.0.1", core.port))
+        # A desktop-style client through the core's published port: TLS, pinned to the
+        # fingerprint the README tells users to get with `docker compose exec core ...`.
+        printed = core.exec("python", "-m", "legacy_socket_server.tls", "fingerprint")
+        assert printed.returncode == 0, printed.stderr
+        fingerprint = printed.stdout.strip()
+        assert f"TLS on 0.0.0.0:{core.tls_port}, certificate {fingerprint}" in core.output()
+        assert (data_dir / "tls-cert.pem").exists(), "the certificate lives in the volume"
+        bob = loop.run(
+            CoreClient.connect("127.0.0.1", core.tls_port, tls=ClientTLS(fingerprint=fingerprint))
+        )
         reply = loop.run(bob.login("Bob", DEMO_USERS["Bob"]))
         alice = next(u for u in reply["users"] if u["username"] == "Alice")
         assert alice["online"], "the browser session is a client of the core"
