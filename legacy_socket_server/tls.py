@@ -265,9 +265,7 @@ class CertificateReloader:
             return False
         changed = new != self.fingerprint
         self.fingerprint = new
-        log.info(
-            "TLS certificate %s: %s", "reloaded" if changed else "unchanged after reload", new
-        )
+        log.info("TLS certificate %s: %s", "reloaded" if changed else "unchanged after reload", new)
         return changed
 
     def check(self) -> bool:
