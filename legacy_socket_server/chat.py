@@ -38,6 +38,7 @@ from .conversations import ConversationIndex
 from .events import Entry, EventLog, collect, encoded_size
 from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .login import PasswordLogin
+from .malloc import release_free_memory
 from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded
 from .rooms import RoomRules
 from .session import ChatError, Session
@@ -102,12 +103,14 @@ class ChatService(PasswordLogin, RoomRules):
         self._load_rooms(state)
         for msg in state.messages:
             self._index(msg)
+        self._markers = state.markers
+        del state  # what is not kept above (e.g. the rooms' member lists) is garbage now
         # The loaded history is long-lived: move it out of the cyclic GC's
         # sight, or every full collection rescans millions of message dicts
         # and appends get slower as history grows.
         gc.collect()
         gc.freeze()
-        self._markers = state.markers
+        release_free_memory()
         self._seq = 0
         self._logs: dict[str, EventLog] = {}
         #: Presence changes, shared by everyone (each skips its own).

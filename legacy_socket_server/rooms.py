@@ -63,6 +63,8 @@ def mentioned(text: str, lookup: Callable[[str], str | None]) -> set[str]:
     user's name, or None.
     """
     found: set[str] = set()
+    if "@" not in text:  # most messages: skip the regex (a large share of a room-heavy start)
+        return found
     for m in _MENTION_RE.finditer(text):
         run, end = m.group(1), m.end(1)
         # Names may contain '.', which is not a word character here: try the
@@ -85,6 +87,7 @@ class Room:
     def __init__(self, name: str, private: bool, members: Iterable[str] = ()) -> None:
         self.name = name
         self.private = private
+        # Copied even from a set: a copy is sized to fit, a set that grew by adds is not.
         self.members: set[str] = set(members)
         self.index = ConversationIndex()
         #: user -> ids of messages by others that mention them

@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern
 from typing import Any
 
 from .storage_files import StorageUnavailable, StoreError, fsync_dir, load_json_file
@@ -94,15 +95,16 @@ def _snapshot_chunks(state: HistoryState) -> Iterator[str]:
 
 def apply_membership(state: HistoryState, rec: dict[str, Any]) -> None:
     """A ``member`` record: someone joined (with their read marker) or left a room."""
-    room = state.rooms.get(rec["room"])
+    name = intern(rec["room"])
+    room = state.rooms.get(name)
     if room is None:
         return
-    user = rec["user"]
+    user = intern(rec["user"])
     state.enrolled.add(user)
     if rec["joined"]:
         room["members"].add(user)
         marks = state.room_markers.setdefault(user, {})
-        marks[rec["room"]] = max(marks.get(rec["room"], 0), rec.get("marker", 0))
+        marks[name] = max(marks.get(name, 0), rec.get("marker", 0))
     else:
         room["members"].discard(user)
 
@@ -245,11 +247,19 @@ class HistoryStore:
             self._check_snapshot(raw)
             state.messages = raw["messages"]
             state.markers = raw.get("read_markers", {})
+            # Every membership names a user and a room: one shared string each, not
+            # one per occurrence in the file (half the memory of a membership).
             state.rooms = {
-                name: {"private": r["private"], "members": set(r["members"])}
+                intern(name): {
+                    "private": r["private"],
+                    "members": {intern(m) for m in r["members"]},
+                }
                 for name, r in raw.get("rooms", {}).items()
             }
-            state.room_markers = raw.get("room_markers", {})
+            state.room_markers = {
+                intern(user): {intern(room): seq for room, seq in marks.items()}
+                for user, marks in raw.get("room_markers", {}).items()
+            }
             state.enrolled = set(raw.get("enrolled", []))
             state.next_id = int(raw.get("next_id", 1))
             state.boot = int(raw.get("boot", 0)) + 1  # replay may raise it further
