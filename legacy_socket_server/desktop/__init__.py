@@ -3,7 +3,10 @@
 ``model`` (ChatClient: socket, codec, state; no Tk) is driven by ``tick()``
 from the Tk view in ``window`` every 100 ms; ``widgets`` holds the custom
 Tk widgets the view draws with (the rooms-and-people sidebar, the message
-view) and ``sheets`` the room dialogs drawn over the chat screen (new room,
-join a room, members, leave). No threads anywhere
+view, the padlock mark) and ``sheets`` the room dialogs drawn over the chat
+screen (new room, join a room, members, leave). ``transport`` is the
+non-blocking socket (TLS in memory BIOs), ``dialer`` opens a trusted
+connection the way ``trust`` (TLS options, the known-hosts file) says, and
+``dialogs`` asks the person about a certificate. No threads anywhere
 (docs/architecture.md#desktop-client).
 """

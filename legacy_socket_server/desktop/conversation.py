@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,4 +127,12 @@ def snapshot(client: Any) -> dict[str, Any]:
         "pending": client.pending_count,
         "drafts": dict(client.drafts),
         "reconnect_attempts": client.reconnect_attempts,
+        "plan": client.plan,
+        "security": _plain(client.security),
+        "trust_question": _plain(client.trust_question),
+        "refusal": _plain(client.refusal),
     }
+
+
+def _plain(item: Any) -> dict[str, Any] | None:
+    return dataclasses.asdict(item) if item is not None else None

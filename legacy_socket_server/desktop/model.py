@@ -6,6 +6,12 @@ window calls :meth:`ChatClient.tick` every 100 ms; each tick moves bytes,
 applies replies and events, and returns the names of what changed so the view
 redraws only that. Nothing blocks and nothing runs on a thread.
 
+Every connection (the login's, and each reconnect's) is opened by a
+:class:`~.dialer.Dialer`, which checks the server's TLS certificate first; the
+login or resume request is only queued on a connection it has trusted. A
+server the system does not trust and we have not met becomes
+``trust_question`` until the person answers with :meth:`ChatClient.answer_trust`.
+
 Counts (unread per person and per room, mentions per room) start from a list
 the core sends with a cursor (the login reply, or a ``users``/``rooms`` reply)
 and then follow the events after that cursor. A ``room`` event carries the
@@ -25,7 +31,9 @@ from typing import Any
 from ..contract import MAX_TEXT_CHARS, iso_timestamp
 from ..rooms import ROOM_NAME_RE, mentioned
 from .conversation import Conversation, Room, User, room_key
+from .dialer import Dialer
 from .transport import CONNECT_TIMEOUT, Connection
+from .trust import KnownHosts, Refusal, Security, TLSOptions, TrustQuestion, plan, refused_by_user
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +83,18 @@ class ChatClient:
         *,
         clock: Callable[[], float] = time.monotonic,
         connect_timeout: float = CONNECT_TIMEOUT,
+        tls: TLSOptions | None = None,
+        known_hosts: KnownHosts | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        #: None: plaintext. Otherwise every connection is TLS, never plaintext by itself.
+        self.tls = tls
+        self.known_hosts = known_hosts if known_hosts or tls is None else KnownHosts()
+        #: The current (or last) connection's protection, for the view.
+        self.security: Security | None = None
+        #: Why the last attempt did not trust the server (its summary is also ``error``).
+        self.refusal: Refusal | None = None
         self._clock = clock
         self._connect_timeout = connect_timeout
         self.phase = LOGGED_OUT
@@ -95,6 +112,9 @@ class ChatClient:
         self.reconnect_attempts = 0
         self._token: str | None = None
         self._conn: Connection | None = None
+        self._dial: Dialer | None = None
+        #: The login or resume to send once the dialer has a trusted connection.
+        self._hello: tuple[str, dict[str, Any]] | None = None
         self._ids = itertools.count(1)
         self._inflight: dict[int, tuple[str, dict[str, Any], float]] = {}
         self._outbox: dict[str, dict[str, Any]] = {}  # client_msg_id -> pending message
@@ -184,18 +204,44 @@ class ChatClient:
     def retry_in(self) -> float:
         return max(0.0, self._retry_at - self._clock())
 
+    @property
+    def trust_question(self) -> TrustQuestion | None:
+        """A server certificate waiting for the person's yes or no (see answer_trust)."""
+        return self._dial.question if self._dial is not None else None
+
+    @property
+    def plan(self) -> str:
+        """What connecting will do, e.g. ``TLS to 127.0.0.1:5051``."""
+        return plan(self.host, self.port, self.tls)
+
     # -- actions from the view --------------------------------------------------------
     def login(self, username: str, password: str) -> None:
-        """Start a login; the password lives only in the queued request bytes."""
+        """Start a login; the password is sent only once the server is trusted."""
         if self.phase in (LOGGING_IN, READY, CLOSED):
             return
         self._drop_connection()
         self.login_name = username
         self.error = None
+        self.refusal = None
+        self.security = None  # shown again once this attempt has a trusted connection
         self.phase = LOGGING_IN
-        self._conn = self._new_connection()
-        self._request("login", {"username": username, "password": password})
-        self._changed("phase")
+        self._dial_then("login", {"username": username, "password": password})
+        self._changed("phase", "security")
+
+    def answer_trust(self, accept: bool) -> None:
+        """The person's answer to ``trust_question``: accept (remembered in the
+        known-hosts file, then the login goes on) or refuse (nothing is sent)."""
+        question = self.trust_question
+        if question is None or self._dial is None:
+            return
+        if accept:
+            problem = self._dial.accept()
+            if problem:
+                self.error = problem + " It is trusted until you quit."
+                self._changed("status")
+        else:
+            self._refused(refused_by_user(question.host, question.port))
+        self._changed("trust")
 
     def open_conversation(self, peer: str) -> None:
         if peer == self.peer or peer not in self.users:
@@ -315,6 +361,7 @@ class ChatClient:
     # -- the heartbeat ----------------------------------------------------------------
     def tick(self) -> set[str]:
         """Advance IO and state; return what changed since the last tick."""
+        self._advance_dial()
         conn = self._conn
         if conn is not None:
             for packet in conn.pump():
@@ -323,12 +370,18 @@ class ChatClient:
                 self._on_connection_lost(conn.error or "connection closed")
             elif conn is self._conn:
                 self._check_timeouts()
-        if self.phase == RECONNECTING and self._conn is None and self._clock() >= self._retry_at:
+        if (
+            self.phase == RECONNECTING
+            and self._conn is None
+            and self._dial is None
+            and self._clock() >= self._retry_at
+        ):
             self._start_resume()
         if self.phase == READY:
             self._ensure_poll()
             self._send_lists()  # after the poll: see _send_lists
             self._flush_outbox()
+        self._advance_dial()  # one started this tick connects now, not 100 ms later
         if self._conn is not None:
             # Requests queued during this tick leave now, not 100 ms later.
             for packet in self._conn.pump():
@@ -337,15 +390,60 @@ class ChatClient:
         return changes
 
     # -- connection lifecycle ---------------------------------------------------------
-    def _new_connection(self) -> Connection:
-        return Connection(
-            self.host, self.port, connect_timeout=self._connect_timeout, clock=self._clock
+    def _dial_then(self, purpose: str, fields: dict[str, Any]) -> None:
+        """Open a trusted connection, then send ``purpose`` (login or resume) on it."""
+        self._hello = (purpose, fields)
+        self._dial = Dialer(
+            self.host,
+            self.port,
+            self.tls,
+            self.known_hosts,
+            connect_timeout=self._connect_timeout,
+            clock=self._clock,
         )
+
+    def _advance_dial(self) -> None:
+        dial = self._dial
+        if dial is None:
+            return
+        asking = dial.question is not None
+        dial.pump()
+        if dial.question is not None and not asking:
+            self._changed("trust")
+        if dial.connection is not None:
+            self._dial = None
+            self._conn = dial.connection
+            self.security = dial.security
+            hello, self._hello = self._hello, None
+            if hello is not None:
+                self._request(*hello)
+            self._changed("security")
+        elif dial.refusal is not None:
+            self._refused(dial.refusal)
+        elif dial.error is not None:
+            self._on_connection_lost(dial.error)
+
+    def _refused(self, refusal: Refusal) -> None:
+        """The server is not trusted: stop (no retry loop) and say why on the login screen."""
+        self._drop_connection()
+        if self.phase in (READY, RECONNECTING):
+            # The session cannot go on with an untrusted server; a new login must
+            # be a deliberate act, after the person has read the warning.
+            self._token = None
+            self.reconnect_attempts = 0
+        self.phase = LOGGED_OUT
+        self.refusal = refusal
+        self.error = refusal.summary
+        self._changed("phase", "status", "trust")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
         self._conn = None
+        if self._dial is not None:
+            self._dial.close()
+        self._dial = None
+        self._hello = None  # a login's password goes with its attempt
         inflight = list(self._inflight.values())
         self._inflight.clear()
         if self.conv is not None:
@@ -358,8 +456,7 @@ class ChatClient:
                 done(False, "The connection to the server was lost; try again.")
 
     def _start_resume(self) -> None:
-        self._conn = self._new_connection()
-        self._request("resume", {"token": self._token})
+        self._dial_then("resume", {"token": self._token})
         self._changed("status")
 
     def _on_connection_lost(self, reason: str) -> None:

@@ -6,11 +6,14 @@ window). It keeps the keyboard to itself: Tab and Shift+Tab cycle through its
 fields, Enter does its main action, Esc closes it and gives the focus back.
 Each sheet asks the model and waits for the core's answer through the
 ``done(ok, message)`` callback of the model's room actions; nothing blocks.
+The keyboard-keeping card itself (:class:`Card`) is also the base of the
+certificate dialogs drawn over the whole window (``dialogs``).
 """
 
 from __future__ import annotations
 
 import tkinter as tk
+from tkinter import font as tkfont
 from tkinter import ttk
 from typing import TYPE_CHECKING, Any
 
@@ -23,22 +26,24 @@ if TYPE_CHECKING:
 BORDER = "#94a3b8"
 
 
-class Sheet(tk.Frame):
-    """A card over the chat screen that keeps the keyboard until it closes."""
+class Card(tk.Frame):
+    """A modal card drawn inside the window that keeps the keyboard until it closes."""
 
     #: Its name in the state dump (CHAT_DESKTOP_STATE_FILE).
-    kind = "sheet"
-    #: The room it is about, if any: it closes when that room is no longer open.
-    room: str | None = None
+    kind = "card"
 
-    def __init__(self, screen: ChatScreen, title: str) -> None:
-        super().__init__(screen, bg=BORDER, padx=1, pady=1)
-        self.screen = screen
-        self.client: m.ChatClient = screen.app.client
-        self.fonts = screen.app.fonts
+    def __init__(
+        self,
+        master: tk.Misc,
+        fonts: dict[str, tkfont.Font],
+        title: str,
+        heading_style: str = "Header.TLabel",
+    ) -> None:
+        super().__init__(master, bg=BORDER, padx=1, pady=1)
+        self.fonts = fonts
         self.body = ttk.Frame(self, style="Sheet.TFrame", padding=(24, 20, 24, 18))
         self.body.pack(fill="both", expand=True)
-        self.heading = ttk.Label(self.body, text=title, style="Header.TLabel")
+        self.heading = ttk.Label(self.body, text=title, style=heading_style)
         self.heading.pack(anchor="w", pady=(0, 10))
         self.ring: list[tk.Misc] = []  # focusable fields in Tab order
         self.names: dict[tk.Misc, str] = {}  # field -> its name in the state dump
@@ -77,9 +82,20 @@ class Sheet(tk.Frame):
             self.action_button.configure(state="disabled" if on else "normal")
 
     # -- life -----------------------------------------------------------------------
+    def area(self) -> tk.Misc:
+        """The widget the card is centred on."""
+        return self.master
+
+    def fallback_focus(self) -> tk.Misc | None:
+        """Where the focus goes on close when the widget that had it is gone."""
+        return None
+
+    def forget_me(self) -> None:
+        """Called once on close: drop the owner's reference to this card."""
+
     def open(self) -> None:
         self._previous = self.focus_get()
-        self.place(in_=self.screen.main, relx=0.5, rely=0.45, anchor="center")
+        self.place(in_=self.area(), relx=0.5, rely=0.45, anchor="center")
         self.lift()
         for widget in self._walk(self):
             widget.bind("<Escape>", self._escape, add="+")
@@ -130,20 +146,44 @@ class Sheet(tk.Frame):
             self.grab_release()
         except tk.TclError:
             pass
-        if self.screen.sheet is self:
-            self.screen.sheet = None
+        self.forget_me()
         self.destroy()
         previous = self._previous
         if previous is not None and previous.winfo_exists() and previous.winfo_viewable():
             previous.focus_set()
         else:
-            self.screen.sidebar.focus_set()
+            fallback = self.fallback_focus()
+            if fallback is not None:
+                fallback.focus_set()
 
     def refresh(self) -> None:
         """Redraw from the model (the window calls this when something changed)."""
 
     def focus_name(self, widget: Any) -> str | None:
         return self.names.get(widget)
+
+
+class Sheet(Card):
+    """A card over the chat screen's conversation pane, about rooms."""
+
+    kind = "sheet"
+    #: The room it is about, if any: it closes when that room is no longer open.
+    room: str | None = None
+
+    def __init__(self, screen: ChatScreen, title: str) -> None:
+        super().__init__(screen, screen.app.fonts, title)
+        self.screen = screen
+        self.client: m.ChatClient = screen.app.client
+
+    def area(self) -> tk.Misc:
+        return self.screen.main
+
+    def fallback_focus(self) -> tk.Misc | None:
+        return self.screen.sidebar
+
+    def forget_me(self) -> None:
+        if self.screen.sheet is self:
+            self.screen.sheet = None
 
 
 class NewRoomSheet(Sheet):

@@ -1,5 +1,6 @@
-"""Custom Tk widgets and the look: the keyboard-driven sidebar (rooms and people) and
-the message view."""
+"""Custom Tk widgets and the look: the keyboard-driven sidebar (rooms and people), the
+message view, and the small pieces that say whether a connection is encrypted (a
+padlock mark with a tooltip)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ MUTED = "#64748b"
 MINE_BG = "#dbeafe"
 THEIRS_BG = "#f1f5f9"
 ERROR = "#dc2626"
+#: An encrypted, trusted connection (the padlock and its line).
+SECURE = "#15803d"
 WARN_BG = "#fef3c7"
 WARN_TEXT = "#92400e"
 #: Unread mentions in the sidebar, and messages that mention you.
@@ -41,12 +44,16 @@ MENTION_TEXT = "#b45309"
 NAME_COLOURS = ("#1d4ed8", "#047857", "#7c3aed", "#be185d", "#0e7490", "#b45309", "#4d7c0f")
 
 _FAMILIES = ("Inter", "Segoe UI", "Noto Sans", "Ubuntu", "DejaVu Sans", "Liberation Sans")
+#: For fingerprints: every digit the same width, so two can be compared column by column.
+_MONO_FAMILIES = ("JetBrains Mono", "DejaVu Sans Mono", "Noto Sans Mono", "Liberation Mono",
+                  "Consolas", "Menlo")  # fmt: skip
 
 
 def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
     """Configure ttk (clam, flat, padded) and return the named fonts the view uses."""
     available = set(tkfont.families(root))
     family = next((f for f in _FAMILIES if f in available), "TkDefaultFont")
+    mono = next((f for f in _MONO_FAMILIES if f in available), "TkFixedFont")
     for name in ("TkDefaultFont", "TkTextFont", "TkMenuFont"):
         tkfont.nametofont(name).configure(family=family, size=10)
     fonts = {
@@ -57,6 +64,7 @@ def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
         "header": tkfont.Font(root, family=family, size=13, weight="bold"),
         "badge": tkfont.Font(root, family=family, size=8, weight="bold"),
         "pad": tkfont.Font(root, family=family, size=4),
+        "mono": tkfont.Font(root, family=mono, size=9),
     }
     style = ttk.Style(root)
     style.theme_use("clam")
@@ -69,6 +77,8 @@ def apply_theme(root: tk.Tk) -> dict[str, tkfont.Font]:
     style.configure("Title.TLabel", background=SURFACE, foreground=TEXT, font=fonts["title"])
     style.configure("Header.TLabel", background=SURFACE, foreground=TEXT, font=fonts["header"])
     style.configure("Error.TLabel", background=SURFACE, foreground=ERROR)
+    style.configure("Danger.TLabel", background=SURFACE, foreground=ERROR, font=fonts["header"])
+    style.configure("Secure.TLabel", background=SURFACE, foreground=SECURE, font=fonts["small"])
     style.configure("Banner.TLabel", background=WARN_BG, foreground=WARN_TEXT, padding=(12, 6))
     style.configure("Side.TFrame", background=SIDEBAR)
     style.configure("Side.TLabel", background=SIDEBAR, foreground=SIDEBAR_TEXT)
@@ -294,9 +304,7 @@ class Sidebar(tk.Canvas):
         return x - half - 9
 
     def _lock(self, x: int, mid: int, colour: str) -> None:
-        self.create_arc(x + 1, mid - 7, x + 9, mid + 1, start=0, extent=180, style="arc",
-                        outline=colour, width=2)  # fmt: skip
-        self.create_rectangle(x, mid - 2, x + 10, mid + 6, fill=colour, outline=colour)
+        draw_lock(self, x, mid, colour)
 
     def redraw(self) -> None:
         self.delete("all")
@@ -350,6 +358,71 @@ class Sidebar(tk.Canvas):
                 self._pill(right, mid, label, MENTION)
         total = self.tops[-1] + self._height(len(self.rows) - 1) if self.rows else 0
         self.configure(scrollregion=(0, 0, width, total))
+
+
+def draw_lock(canvas: tk.Canvas, x: int, mid: int, colour: str, open_: bool = False) -> None:
+    """A 10 px padlock at ``x`` centred on ``mid``; ``open_`` lifts the shackle (not encrypted)."""
+    lift = 4 if open_ else 0
+    canvas.create_arc(x + 1, mid - 7 - lift, x + 9, mid + 1 - lift, start=0, extent=180,
+                      style="arc", outline=colour, width=2)  # fmt: skip
+    if open_:  # one leg of the raised shackle still in the body
+        canvas.create_line(x + 8, mid - 3 - lift, x + 8, mid - 1, fill=colour, width=2)
+    canvas.create_rectangle(x, mid - 2, x + 10, mid + 6, fill=colour, outline=colour)
+
+
+class LockMark(ttk.Frame):
+    """A padlock and a line of text (``Encrypted (TLSv1.3) · sha256:ab12…``); the full
+    details (whole fingerprint, how it was trusted) show in a tooltip."""
+
+    def __init__(self, master: tk.Misc, background: str, label_style: str) -> None:
+        super().__init__(master, style="Side.TFrame" if background == SIDEBAR else "Card.TFrame")
+        self.background = background
+        self.icon = tk.Canvas(self, width=12, height=16, bg=background, highlightthickness=0)
+        self.icon.pack(side="left", padx=(0, 6))
+        self.label = ttk.Label(self, text="", style=label_style)
+        self.label.pack(side="left")
+        self.details = ""
+        self.tooltip = Tooltip(self.label, lambda: self.details)
+        Tooltip(self.icon, lambda: self.details)
+
+    def show(self, text: str, details: str, encrypted: bool, colour: str) -> None:
+        self.label.configure(text=text)
+        self.details = details
+        self.icon.delete("all")
+        draw_lock(self.icon, 1, 9, colour, open_=not encrypted)
+
+    @property
+    def text(self) -> str:
+        return str(self.label.cget("text"))
+
+
+class Tooltip:
+    """A note next to ``widget`` while the pointer rests on it (``text()`` when shown)."""
+
+    def __init__(self, widget: tk.Misc, text: Callable[[], str]) -> None:
+        self.widget = widget
+        self.text = text
+        self.tip: tk.Toplevel | None = None
+        widget.bind("<Enter>", lambda e: self.show(), add="+")
+        widget.bind("<Leave>", lambda e: self.hide(), add="+")
+
+    def show(self) -> None:
+        text = self.text()
+        if not text or self.tip is not None:
+            return
+        tip = self.tip = tk.Toplevel(self.widget)
+        tip.wm_overrideredirect(True)  # no title bar: a note, not a window
+        x = self.widget.winfo_rootx()
+        y = self.widget.winfo_rooty() + self.widget.winfo_height() + 4
+        tip.wm_geometry(f"+{x}+{y}")
+        tk.Label(
+            tip, text=text, bg=TEXT, fg="white", padx=8, pady=4, justify="left", wraplength=520
+        ).pack()
+
+    def hide(self) -> None:
+        if self.tip is not None:
+            self.tip.destroy()
+            self.tip = None
 
 
 def format_ts(ts: str) -> str:

@@ -23,11 +23,18 @@ from ..settings import setup_logging
 from . import model as m
 from .config import Config, parse_args
 from .conversation import snapshot
+from .dialogs import CertificateWarning, Dialog, TrustDialog
 from .sheets import BrowseSheet, LeaveSheet, MembersSheet, NewRoomSheet, Sheet
+from .trust import Refusal
 from .widgets import (
+    MUTED,
     OFFLINE,
     ONLINE,
+    SECURE,
+    SIDEBAR,
     SURFACE,
+    WARN_TEXT,
+    LockMark,
     MessageView,
     Sidebar,
     apply_theme,
@@ -62,8 +69,9 @@ class LoginScreen(ttk.Frame):
         self.message.pack(anchor="w", pady=(0, 8), fill="x")
         self.button = ttk.Button(card, text="Log in", style="Accent.TButton", command=self.submit)
         self.button.pack(fill="x")
-        server = f"Server {app.client.host}:{app.client.port}"
-        ttk.Label(card, text=server, style="Muted.TLabel").pack(anchor="w", pady=(14, 0))
+        # Before connecting: what a login will do; after: how the connection is protected.
+        self.security = LockMark(card, SURFACE, "Muted.TLabel")
+        self.security.pack(anchor="w", pady=(14, 0))
         for widget in (self.username, self.password, self.button):
             widget.bind("<Return>", self.submit)
             widget.bind("<KP_Enter>", self.submit)
@@ -89,9 +97,14 @@ class LoginScreen(ttk.Frame):
             state="disabled" if busy else "normal",
         )
         if busy:
-            self.show_message("Connecting…", error=False)
+            asking = client.trust_question is not None
+            self.show_message("Waiting for your answer…" if asking else "Connecting…", error=False)
         else:
             self.show_message(client.error or "")
+        text, details, encrypted, colour = security_line(client, wide=True)
+        self.security.show(text, details, encrypted, colour)
+        trusted = client.security is not None and client.security.encrypted
+        self.security.label.configure(style="Secure.TLabel" if trusted else "Muted.TLabel")
 
     def shown(self) -> None:
         client = self.app.client
@@ -125,6 +138,8 @@ class ChatScreen(ttk.Frame):
         ttk.Label(me_row, text="●", style="SideMuted.TLabel", foreground=ONLINE).pack(side="left")
         self.me = ttk.Label(me_row, text="", style="SideMuted.TLabel")
         self.me.pack(side="left", padx=(4, 0))
+        self.security = LockMark(side, SIDEBAR, "SideMuted.TLabel")
+        self.security.pack(anchor="w", padx=(16, 18), pady=(0, 8))
         ttk.Label(
             side,
             text="↑↓ move · Enter open · Esc back\nCtrl+N new room · Ctrl+J join",
@@ -262,7 +277,7 @@ class ChatScreen(ttk.Frame):
 
     def _shortcut(self, action: Callable[[], Any]) -> Callable[[Any], str]:
         def handler(_event: Any) -> str:
-            if self.sheet is None and self.app.screen is self:
+            if self.sheet is None and self.app.dialog is None and self.app.screen is self:
                 action()
             return "break"
 
@@ -311,6 +326,7 @@ class ChatScreen(ttk.Frame):
             client.sorted_rooms(), client.sorted_users(), open_key, client.phase == m.RECONNECTING
         )
         self.me.configure(text=f"Signed in as {client.username}")
+        self.security.show(*security_line(client, wide=False))
         self.refresh_header()
 
     def refresh_header(self) -> None:
@@ -408,6 +424,27 @@ SHORTCUTS = (
     ("<Control-m>", "show_members"),
     ("<Control-l>", "leave_room"),
 )
+
+
+def security_line(client: m.ChatClient, wide: bool) -> tuple[str, str, bool, str]:
+    """``(text, tooltip, encrypted, padlock colour)`` for the connection's padlock mark.
+
+    ``wide`` (the login card) fits the fingerprint on the line; the sidebar puts it
+    on a second one.
+    """
+    security = client.security
+    if security is None:  # not connected yet: say what a login will do
+        if client.tls is None:
+            return client.plan, PLAINTEXT_NOTE, False, WARN_TEXT
+        return client.plan, "The certificate is checked before anything is sent.", True, MUTED
+    if not security.encrypted:
+        where = f"{client.host}:{client.port}"
+        return f"Not encrypted · {where}", PLAINTEXT_NOTE, False, WARN_TEXT
+    text = security.summary if wide else security.summary.replace(" · ", "\n", 1)
+    return text, security.details, True, SECURE if wide else ONLINE
+
+
+PLAINTEXT_NOTE = "Plaintext: your password and messages cross the network unencrypted."
 PEOPLE_HINT = "Enter to send · Shift+Enter for a new line · PgUp/PgDn scroll · Esc to the list"
 ROOM_HINT = (
     "Enter to send · Shift+Enter new line · PgUp/PgDn scroll · Ctrl+M members · "
@@ -425,11 +462,14 @@ class ChatWindow:
         self.root.geometry("920x620")
         self.root.minsize(640, 420)
         self.fonts = apply_theme(self.root)
-        self.client = m.ChatClient(config.host, config.port)
+        self.client = m.ChatClient(config.host, config.port, tls=config.tls_options)
         self.client.login_name = config.username
         self.login = LoginScreen(self)
         self.chat: ChatScreen | None = None
         self.screen: ttk.Frame | None = None
+        #: The certificate dialog over either screen (a trust question or a warning).
+        self.dialog: Dialog | None = None
+        self._warned: Refusal | None = None  # the refusal whose warning was shown
         self._last_state = ""
         self.root.protocol("WM_DELETE_WINDOW", self.quit)
         self.root.bind_all("<Control-q>", lambda e: self.quit())
@@ -495,9 +535,33 @@ class ChatWindow:
                 if client.phase == m.LOGGED_OUT and client.error:
                     self.login.password.delete(0, "end")
                     self.login.password.focus_set()
+        if changes & {"trust", "phase", "status", "security"}:
+            self._sync_dialog()
         if "bell" in changes:
             self.root.bell()
         self.root.title(self.title())
+
+    def _sync_dialog(self) -> None:
+        """Show the model's trust question, or the warning of a new refusal, over the window."""
+        client = self.client
+        question = client.trust_question
+        dialog = self.dialog
+        if isinstance(dialog, TrustDialog) and dialog.question is not question:
+            dialog.close()  # answered, or the attempt was given up
+        refusal = client.refusal
+        if question is not None and self.dialog is None:
+            self._open_dialog(TrustDialog(self, question))
+        elif refusal is not None and refusal.details and refusal is not self._warned:
+            self._warned = refusal
+            self._open_dialog(CertificateWarning(self, refusal))
+
+    def _open_dialog(self, dialog: Dialog) -> None:
+        if self.dialog is not None:
+            self.dialog.close()
+        if self.chat is not None and self.chat.sheet is not None:
+            self.chat.sheet.close()
+        self.dialog = dialog
+        dialog.open()
 
     def title(self) -> str:
         return window_title(self.client)
@@ -517,6 +581,12 @@ class ChatWindow:
         state: dict[str, Any] = snapshot(self.client)
         state["title"] = self.title()
         state["screen"] = "chat" if self.screen is self.chat else "login"
+        state["login_security"] = self.login.security.text
+        state["login_security_details"] = self.login.security.details
+        state["chat_security"] = self.chat.security.text if self.chat else None
+        dialog = self.dialog
+        state["dialog"] = dialog.kind if dialog else None
+        state["dialog_text"] = dialog.text_for_state() if dialog else None
         try:
             focus = self.root.focus_get()
         except (KeyError, tk.TclError):
@@ -545,6 +615,9 @@ class ChatWindow:
             if chat.sheet is not None:
                 names.update(chat.sheet.names)
         names.update({self.login.username: "username", self.login.password: "password"})
+        names[self.login.button] = "login_button"
+        if dialog is not None:
+            names.update(dialog.names)
         state["focus"] = names.get(focus, str(focus) if focus else None)
         text = json.dumps(state, ensure_ascii=False, sort_keys=True)
         if text != self._last_state:
