@@ -30,6 +30,10 @@ from .limits import (
     MAX_SESSIONS_PER_ADDRESS,
     MAX_SESSIONS_PER_USER,
 )
+from .ws import MAX_SEND_BUFFER
+
+#: The browser's ways of getting events (``?transport=`` in the page URL overrides).
+TRANSPORTS = ("ws", "longpoll", "poll")
 
 #: A browser session that has not polled for this long is logged out of the
 #: core, so closing the tab makes the user go offline (docs/architecture.md#web-app).
@@ -52,7 +56,11 @@ class WebConfig:
     secure_cookies: bool = False
     trust_proxy: bool = False
     allowed_origins: frozenset[str] = frozenset()
-    longpoll: bool = False
+    #: How browsers get events: pushed over a WebSocket, long-poll, or a poll every 100 ms
+    #: (docs/protocol.md#websocket-push); a page falls back by itself when a socket fails.
+    transport: str = "ws"
+    #: Bytes queued for one browser socket before it is closed as too slow (1013).
+    ws_send_buffer: int = MAX_SEND_BUFFER
     idle_timeout: float = IDLE_TIMEOUT
     buffer_events: int = BUFFER_EVENTS
     max_body_bytes: int = MAX_BODY_BYTES
@@ -141,11 +149,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="extra origins allowed to POST, comma-separated",
     )
     p.add_setting(
-        "--longpoll",
-        env="CHAT_WEB_LONGPOLL",
-        switch=True,
-        default=False,
-        help="browser clients long-poll instead of polling every 100 ms",
+        "--transport",
+        env="CHAT_WEB_TRANSPORT",
+        choices=TRANSPORTS,
+        default="ws",
+        help="how browsers get events: ws (pushed over a WebSocket; a page falls back to "
+        "longpoll, then poll, by itself), longpoll, or poll (every 100 ms)",
     )
     p.add_setting(
         "--idle-timeout",
@@ -215,7 +224,7 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
         secure_cookies=args.secure_cookies,
         trust_proxy=args.trust_proxy,
         allowed_origins=origins,
-        longpoll=args.longpoll,
+        transport=args.transport,
         idle_timeout=args.idle_timeout,
         max_sessions_per_user=args.max_sessions_per_user,
         max_sessions_per_ip=args.max_sessions_per_ip,

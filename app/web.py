@@ -26,6 +26,7 @@ from legacy_socket_server.server import CoreServer, ServerConfig
 from .config import WebConfig
 from .gateway import BrowserSession, Gateway, NotLoggedIn
 from .limits import FailedLogins, Refused
+from .ws import open_socket, push
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,17 @@ def csrf_refusal(request: web.Request) -> str | None:
     # A cross-site form can only send form or text content types; JSON needs CORS.
     if request.content_type != "application/json":
         return "a POST must send Content-Type: application/json"
+    return origin_refusal(request, "post here")
+
+
+def origin_refusal(request: web.Request, what: str) -> str | None:
+    """Why a request from another site's page is refused, or None (no Origin: not a browser's
+    cross-site request; a browser always sends Origin on POSTs and WebSocket upgrades)."""
     origin = request.headers.get("Origin")
     if origin is not None:
         origin = origin.rstrip("/").lower()
         if origin != own_origin(request) and origin not in request.app[CONFIG_KEY].allowed_origins:
-            return f"origin {origin!r} may not post here"
+            return f"origin {origin!r} may not {what}"
     return None
 
 
@@ -233,7 +240,7 @@ async def chat_page(request: web.Request) -> web.StreamResponse:
         session = session_of(request)
     except NotLoggedIn:
         raise web.HTTPFound("/login")
-    context = {"username": session.username, "longpoll": request.app[CONFIG_KEY].longpoll}
+    context = {"username": session.username, "transport": request.app[CONFIG_KEY].transport}
     return aiohttp_jinja2.render_template("chat.html", request, context)
 
 
@@ -290,6 +297,22 @@ async def api_poll(request: web.Request) -> web.StreamResponse:
     return web.Response(
         body=reply.body(), content_type="application/json", charset="utf-8", headers=NO_STORE
     )
+
+
+async def api_ws(request: web.Request) -> web.StreamResponse:
+    """The WebSocket push stream (docs/protocol.md#websocket-push)."""
+    session = session_of(request)  # no cookie: 401 before any upgrade
+    why = origin_refusal(request, "open a socket here")
+    if why is not None:  # cross-site WebSocket hijacking: 403, no upgrade
+        raise ApiError("csrf", why)
+    cursor = query_int(request, "cursor")
+    bound = request.app[CONFIG_KEY].ws_send_buffer
+    ws = open_socket(bound)
+    ws.headers.update(SECURITY_HEADERS)
+    await ws.prepare(request)
+    assert request.transport is not None
+    await push(request.app[GATEWAY_KEY], session, ws, request.transport, cursor, bound)
+    return ws
 
 
 async def api_send(request: web.Request) -> web.StreamResponse:
@@ -377,6 +400,7 @@ def _routes(app: web.Application) -> None:
     app.router.add_post("/api/logout", api_logout)
     app.router.add_get("/api/users", api_users)
     app.router.add_get("/api/poll", api_poll)
+    app.router.add_get("/api/ws", api_ws)
     app.router.add_post("/api/messages", api_send)
     app.router.add_get("/api/history", api_history)
     app.router.add_post("/api/read", api_read)

@@ -453,17 +453,22 @@ def test_config_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.config import build_parser, config_from_args
 
     monkeypatch.setenv("CHAT_CORE", "core.internal:6000")
-    monkeypatch.setenv("CHAT_WEB_LONGPOLL", "1")
+    monkeypatch.setenv("CHAT_WEB_TRANSPORT", "longpoll")
     monkeypatch.setenv("CHAT_WEB_PORT", "9000")
     config = config_from_args(build_parser().parse_args([]))
-    assert config.core == ("core.internal", 6000) and config.longpoll and config.port == 9000
+    assert config.core == ("core.internal", 6000) and config.transport == "longpoll"
+    assert config.port == 9000
     config = config_from_args(build_parser().parse_args(["--core", "[::1]:7000", "--port", "1"]))
     assert config.core == ("::1", 7000) and config.port == 1
-    with pytest.raises(SystemExit):
-        config_from_args(build_parser().parse_args(["--core", "nohost"]))
+    for argv in (["--core", "nohost"], ["--transport", "carrier-pigeon"]):
+        with pytest.raises(SystemExit):
+            config_from_args(build_parser().parse_args(argv))
 
 
-async def test_longpoll_option_reaches_the_page(make_web: MakeWeb, aiohttp_client: Any) -> None:
-    client = await aiohttp_client(await make_web(longpoll=True))
+@pytest.mark.parametrize("transport", ["ws", "longpoll", "poll"])
+async def test_the_transport_setting_reaches_the_page(
+    make_web: MakeWeb, aiohttp_client: Any, transport: str
+) -> None:
+    client = await aiohttp_client(await make_web(transport=transport))
     await login(client)
-    assert 'data-longpoll="1"' in await (await client.get("/")).text()
+    assert f'data-transport="{transport}"' in await (await client.get("/")).text()
