@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +26,14 @@ _CORE = """
 import logging, sys
 from pathlib import Path
 from legacy_socket_server.server import ServerConfig, serve, run, _raise_fd_limit
+from legacy_socket_server.tls import TLSListener
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 logging.getLogger("legacy_socket_server").setLevel(logging.INFO)
 logging.getLogger("legacy_socket_server.chat").setLevel(logging.WARNING)
 _raise_fd_limit()
+tls = TLSListener(port=0) if sys.argv[3:] == ["tls"] else None
 run(serve(ServerConfig(port=0, data_dir=Path(sys.argv[1]), fsync=sys.argv[2],
-                       send_rate=1e9, send_burst=1e9)))
+                       send_rate=1e9, send_burst=1e9, tls=tls)))
 """
 
 
@@ -51,8 +54,8 @@ def make_data_dir(path: Path, n_users: int) -> dict[str, str]:
     return tokens
 
 
-def start_process(args: list[str], pattern: str = r"listening on \S+:(\d+)"):
-    """Start a server process; return (Popen, port) once it logs its port.
+def _start_and_match(args: list[str], pattern: str) -> tuple[subprocess.Popen, re.Match]:
+    """Start a server process; return it and the match of ``pattern`` in its log.
 
     Output goes to a temp file, not a pipe: a pipe nobody drains would block
     the server once its logs fill it.
@@ -65,15 +68,70 @@ def start_process(args: list[str], pattern: str = r"listening on \S+:(\d+)"):
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited: {Path(log.name).read_text()}")
-        m = re.search(pattern, Path(log.name).read_text())
+        m = re.search(pattern, Path(log.name).read_text(), re.S)
         if m:
-            return proc, int(m.group(1))
+            return proc, m
         time.sleep(0.05)
     raise RuntimeError("server did not start in 60 s")
 
 
+def start_process(args: list[str], pattern: str = r"listening on \S+:(\d+)"):
+    """Start a server process; return (Popen, port) once it logs its port."""
+    proc, m = _start_and_match(args, pattern)
+    return proc, int(m.group(1))
+
+
 def start_core(data_dir: Path, fsync: str = "everysec"):
     return start_process([sys.executable, "-c", _CORE, str(data_dir), fsync])
+
+
+@dataclass(frozen=True)
+class TLSCore:
+    """A core listening on both ports (see :func:`start_core_tls`)."""
+
+    proc: subprocess.Popen
+    port: int
+    tls_port: int
+    #: The generated certificate's ``sha256:`` fingerprint, for ``ClientTLS(fingerprint=...)``.
+    fingerprint: str
+
+
+def start_core_tls(data_dir: Path, fsync: str = "everysec") -> TLSCore:
+    """Start a core with plaintext and TLS listeners (one process: the two transports
+    share its CPU, so they can be compared against the same core, run after run).
+
+    The certificate is generated into ``data_dir`` at the first start, as in production.
+    """
+    proc, m = _start_and_match(
+        [sys.executable, "-c", _CORE, str(data_dir), fsync, "tls"],
+        r"listening on \S+:(\d+).*TLS on \S+:(\d+), certificate (sha256:[0-9a-f]{64})",
+    )
+    return TLSCore(proc, int(m.group(1)), int(m.group(2)), m.group(3))
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit; return the new soft
+    limit. Each client is a socket here, and the usual soft limit (1024) is below 1,000
+    clients plus the storm's connections. Warns when even the hard limit is below ``needed``."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit still cannot be set as the soft one (the kernel caps it at
+    # fs.nr_open): then ask for what this run needs.
+    target = max(soft, needed) if hard == resource.RLIM_INFINITY else hard
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < needed:
+        print(
+            f"warning: RLIMIT_NOFILE is {soft}, below the ~{needed} sockets this run opens "
+            "(raise the hard limit: ulimit -Hn)",
+            file=sys.stderr,
+        )
+    return soft
 
 
 def start_baseline(uvloop: bool = True):
