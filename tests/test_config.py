@@ -34,7 +34,7 @@ PROGRAMS = {
         ("core", "CHAT_LOG_LEVEL", "LOUD"),
         ("web", "CHAT_WEB_PORT", "80a"),
         ("web", "CHAT_CORE", "nohost"),
-        ("web", "CHAT_WEB_LONGPOLL", "maybe"),
+        ("web", "CHAT_WEB_TRANSPORT", "maybe"),
         ("web", "CHAT_WEB_IDLE_TIMEOUT", "soon"),
         ("desktop", "CHAT_PORT", "70000"),
     ],
