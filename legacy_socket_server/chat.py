@@ -39,7 +39,7 @@ from .events import Entry, EventLog, collect, encoded_size
 from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .login import PasswordLogin
 from .malloc import release_free_memory
-from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded
+from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded, poll_reply_packet, poll_reply_tail
 from .rooms import RoomRules
 from .session import ChatError, Session
 from .store import HistoryState, HistoryStore
@@ -116,6 +116,8 @@ class ChatService(PasswordLogin, RoomRules):
         #: Presence changes, shared by everyone (each skips its own).
         self._presence = EventLog(keep=PRESENCE_KEEP)
         self._presence_wake: asyncio.TimerHandle | None = None
+        #: The poll-reply tail of the event being delivered (see ``_answer_with``).
+        self._shared_tail: tuple[Entry, int, bytes] | None = None
         self._online: dict[str, set[Session]] = {}
         self.throttle = LoginThrottle()
         self.hash_gate = hash_gate if hash_gate is not None else HashGate(clock=clock)
@@ -206,8 +208,44 @@ class ChatService(PasswordLogin, RoomRules):
             return  # never logged in this run: their next login starts fresh
         ulog.append(entry)
         for s in list(self._online.get(user, ())):
-            if s.held is not None and s.id != skip:
+            if s.held is not None and s.id != skip and not self._answer_with(s, ulog, entry):
                 self._answer_held(s)
+
+    def _answer_with(self, session: Session, ulog: EventLog, entry: Entry) -> bool:
+        """Answer a held poll whose only news is ``entry``, from bytes made once per event.
+
+        The common case of a room message reaching thousands of waiting members:
+        no merge of logs, no reply dict, no encode per member. False (nothing
+        done) when anything else is pending for the session; ``_answer_held``
+        then does the general work.
+        """
+        if session.send_packet is None or type(entry.event) is not PreEncoded:
+            return False
+        cursor = session.cursor
+        seq = cursor & SEQ_MASK
+        seqs, presence = ulog.seqs, self._presence.seqs
+        if (
+            cursor >> SEQ_BITS != self.boot
+            or ulog.trimmed > seq
+            or (len(seqs) > 1 and seqs[-2] > seq)
+            or (presence and presence[-1] > seq)
+            or entry.size + REPLY_OVERHEAD > self.max_frame_bytes
+        ):
+            return False
+        shared = self._shared_tail
+        if shared is None or shared[0] is not entry:
+            new_cursor = (self.boot << SEQ_BITS) | entry.seq
+            shared = self._shared_tail = (
+                entry,
+                new_cursor,
+                poll_reply_tail(new_cursor, entry.event),
+            )
+        base, timer = session.held  # type: ignore[misc]
+        timer.cancel()
+        session.held = None
+        session.cursor = shared[1]
+        session.send_packet(poll_reply_packet(base.get("id"), shared[2]))
+        return True
 
     # -- entry point --------------------------------------------------------------
     def handle(

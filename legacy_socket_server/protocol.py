@@ -88,6 +88,27 @@ def _encode_data(obj: dict[str, Any]) -> bytes:
     return _ENCODER.encode(obj).encode("utf-8")
 
 
+def poll_reply_tail(cursor: int, event: PreEncoded) -> bytes:
+    """The end of a poll reply holding ``event`` alone, from its ``"ok"`` on.
+
+    With :func:`poll_reply_packet` this writes exactly what :func:`encode` makes of
+    ``{"purpose": "poll", "id": ID, "ok": true, "cursor": C, "events": [event]}``;
+    a room message's tail is made once and shared by every member's reply.
+    """
+    return b'"ok":true,"cursor":%d,"events":[%s]}' % (cursor, event.json)
+
+
+def poll_reply_packet(rid: int | str | None, tail: bytes) -> bytes:
+    """A framed poll reply: the request's ``id`` (if it had one) and a shared tail."""
+    if rid is None:
+        data = b'{"purpose":"poll",' + tail
+    elif type(rid) is int:
+        data = b'{"purpose":"poll","id":%d,%s' % (rid, tail)
+    else:
+        data = b'{"purpose":"poll","id":%s,%s' % (_ENCODER.encode(rid).encode("utf-8"), tail)
+    return b"$%d%s$" % (len(data), data)
+
+
 def encode(obj: dict[str, Any], max_bytes: int | None = None) -> bytes:
     """Serialise one object as a packet.
 

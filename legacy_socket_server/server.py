@@ -142,6 +142,7 @@ class Connection(asyncio.Protocol):
             peer=f"{peer[0]}:{peer[1]}" if peer else "",
             client=client,
             trusted=trusted,
+            send_packet=self._write_packet,
         )
         self._login_timer = asyncio.get_running_loop().call_later(
             config.login_timeout, self._login_expired
@@ -288,6 +289,12 @@ class Connection(asyncio.Protocol):
                     "message": "the reply could not be encoded",
                 }
             )
+        self._write_packet(data)
+
+    def _write_packet(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
         t.write(data)
         if t.get_write_buffer_size() > self.server.config.max_output_buffer:
             log.warning(

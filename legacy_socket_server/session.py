@@ -20,9 +20,13 @@ class Session:
         *,
         client: str = "",
         trusted: bool = False,
+        send_packet: Callable[[bytes], None] | None = None,
     ) -> None:
         self.id = next(Session._ids)
         self.send = send
+        #: Writes an already framed packet: the fast path of a held poll woken by one
+        #: shared event (``ChatService._deliver``). None: every reply goes through ``send``.
+        self.send_packet = send_packet
         self.peer = peer
         #: The client's address (IPv4-mapped IPv6 written as IPv4): the key of
         #: per-address limits. ``trusted``: a gateway's connection, whose

@@ -12,9 +12,12 @@ from hypothesis import strategies as st
 from legacy_socket_server.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
+    PreEncoded,
     ProtocolError,
     decode_data,
     encode,
+    poll_reply_packet,
+    poll_reply_tail,
 )
 
 
@@ -284,3 +287,16 @@ def test_any_split_of_valid_stream_round_trips(objs: list[dict[str, Any]], cuts:
         got.extend(dec.feed(stream[prev:p]))
         prev = p
     assert got == objs
+
+
+@pytest.mark.parametrize("rid", [7, 2**40, "tab-1", 'quote " and é', None])
+def test_the_shared_poll_reply_is_byte_for_byte_the_general_encoding(rid: object) -> None:
+    event = PreEncoded(
+        {"type": "message", "message": {"id": 9, "from": "Bob", "room": "general", "text": "hé"}}
+    )
+    reply: dict = {"purpose": "poll", "ok": True, "cursor": 123 << 32 | 9, "events": [event]}
+    if rid is not None:
+        reply = {"purpose": "poll", "id": rid, **{k: v for k, v in reply.items() if k != "purpose"}}
+    fast = poll_reply_packet(rid, poll_reply_tail(123 << 32 | 9, event))  # type: ignore[arg-type]
+    assert fast == encode(reply)
+    assert FrameDecoder().feed(fast) == [json.loads(json.dumps(reply))]
