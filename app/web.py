@@ -239,7 +239,9 @@ async def chat_page(request: web.Request) -> web.StreamResponse:
     try:
         session = session_of(request)
     except NotLoggedIn:
-        raise web.HTTPFound("/login")
+        # The query (e.g. ?transport=poll) goes along: the login page brings it back.
+        query = f"?{request.query_string}" if request.query_string else ""
+        raise web.HTTPFound(f"/login{query}")
     context = {"username": session.username, "transport": request.app[CONFIG_KEY].transport}
     return aiohttp_jinja2.render_template("chat.html", request, context)
 
@@ -306,6 +308,8 @@ async def api_ws(request: web.Request) -> web.StreamResponse:
     if why is not None:  # cross-site WebSocket hijacking: 403, no upgrade
         raise ApiError("csrf", why)
     cursor = query_int(request, "cursor")
+    if not session.connected:  # the core is away: 503 as for a poll, no upgrade
+        raise CoreUnavailable("reconnecting to the core")
     bound = request.app[CONFIG_KEY].ws_send_buffer
     ws = open_socket(bound)
     ws.headers.update(SECURITY_HEADERS)

@@ -8,8 +8,8 @@ request per event, no response object kept per keep-alive connection.
 
 Close codes: 1013 when the tab does not read fast enough (it reconnects with
 its cursor and loses nothing: the buffer still holds the events, or says
-``reset``), 4401 when the session ends (logout, idle, a refused token), 1001
-when the web app stops.
+``reset``), 4401 when the session ends (logout, idle, a refused token), 1012
+while the core is unreachable, 1001 when the web app stops.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ DRAIN_CHECK = 0.05
 WAKE_EVERY = 30.0
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_CORE_AWAY = 1012
 CLOSE_TOO_SLOW = 1013
 CLOSE_LOGGED_OUT = 4401
 
@@ -81,6 +82,11 @@ async def push(
                 return
             if gateway.closing:
                 await ws.close(code=CLOSE_GOING_AWAY, message=b"server stopping")
+                return
+            if not session.connected:
+                # The core is away: the tab shows it is reconnecting and comes back with
+                # its cursor once the session has resumed (the buffer then says reset).
+                await ws.close(code=CLOSE_CORE_AWAY, message=b"core unavailable")
                 return
             reply = buf.collect(cursor)
             if first or reply.events or reply.reset:

@@ -38,7 +38,7 @@ export function newId() {
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// Keep ?longpoll=1 (and any other page option) across login/logout redirects.
+// Keep ?transport=… (and any other page option) across login/logout redirects.
 export function go(path) {
   window.location.assign(path + window.location.search);
 }

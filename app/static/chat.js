@@ -1,19 +1,17 @@
-// The chat page: state, polling, sending. Rendering lives in view.js, the room
-// dialogs in dialogs.js. Every chat rule (unread and mention counts, presence,
+// The chat page: state, events, sending. Rendering lives in view.js, the room
+// dialogs in dialogs.js, the ways events arrive (WebSocket, long-poll, poll) in
+// transport.js. Every chat rule (unread and mention counts, presence,
 // validation) is the server's; this file keeps what the server said and
 // applies the events that came after it.
 import { api, go, NetworkError, newId, sleep } from "./api.js";
 import * as dialogs from "./dialogs.js";
 import { mentions } from "./mentions.js";
+import { chosenTransport, EventStream } from "./transport.js";
 import * as view from "./view.js";
 
-const POLL_INTERVAL_MS = 100; // the polling contract of the product
-const LONGPOLL_WAIT_MS = 25000;
 const HISTORY_PAGE = 50;
 const SEND_RETRY_MS = 30000; // give up a send after this long unreachable
 
-const params = new URLSearchParams(window.location.search);
-const longpoll = params.get("longpoll") === "1" || document.body.dataset.longpoll === "1";
 const { userKey, roomKey, parseKey } = view;
 
 const state = {
@@ -22,14 +20,14 @@ const state = {
   rooms: new Map(), // name -> {name, private, members, joined, unread, mentions}, likewise
   convs: new Map(), // conversation key ("u:Bob", "r:general") -> {messages, ids, hasMore, loaded}
   open: null, // the open conversation's key
-  // Positions in the session's event buffer. The poll loop reads on from
+  // Positions in the session's event buffer. The event loop reads on from
   // `cursor`; each list's counts include every event at or before its cursor
   // (`countedUpTo` for people, `roomsCountedUpTo` for rooms) and none after,
   // so only later events change them.
   cursor: null,
   countedUpTo: null,
   roomsCountedUpTo: null,
-  needUsers: true, // fetch the users list at the poll loop's next turn
+  needUsers: true, // fetch the users list at the event loop's next turn
   needRooms: true, // the rooms list, likewise
   needReload: false, // the server said reset: the lists and the open conversation again
   loading: new Set(), // conversations whose first history page is on its way
@@ -106,8 +104,8 @@ function refusal(res) {
   return res?.data?.message || "The server cannot be reached; try again.";
 }
 
-// Only the poll loop calls this, between polls: the list and the events the
-// loop reads are then in one order, and `countedUpTo` says where they meet.
+// Only the event loop calls this, between replies: the list and the events the
+// loop applies are then in one order, and `countedUpTo` says where they meet.
 async function loadUsers() {
   const res = checkSession(await api("GET", "/api/users"));
   if (!res.ok) throw new NetworkError(res.data?.message);
@@ -393,46 +391,46 @@ async function reload() {
   if (state.open) markRead(state.open);
 }
 
-// The one loop that talks to the event buffer: list refreshes happen here too,
-// between polls, so every event is counted by a list or by us, never both.
-async function pollLoop() {
+// The one loop that talks to the event buffer, whatever the transport: list
+// refreshes happen here too, between replies (a socket's frames wait meanwhile,
+// transport.js), so every event is counted by a list or by us, never both.
+async function eventLoop() {
   let backoff = 250;
   for (;;) {
-    let res = null;
     try {
       if (state.needReload) await reload();
       else {
         if (state.needUsers) await loadUsers();
         if (state.needRooms) await loadRooms();
       }
-      const q = new URLSearchParams({ cursor: String(state.cursor) });
-      if (longpoll) q.set("wait_ms", String(LONGPOLL_WAIT_MS));
-      res = checkSession(await api("GET", `/api/poll?${q}`));
     } catch (err) {
       if (!(err instanceof NetworkError)) throw err;
-    }
-    if (!res || !res.ok) {
-      view.showBanner(true);
+      events.setDown("lists", true);
       await sleep(backoff);
       backoff = Math.min(backoff * 2, 2000);
       continue;
     }
-    view.showBanner(false);
     backoff = 250;
-    if (res.data.reset) {
-      // Read on from the fresh position; the next turn reloads before polling.
-      state.cursor = res.data.cursor;
-      state.needReload = true;
-      continue;
-    }
-    const from = state.cursor;
-    state.cursor = res.data.cursor;
-    onEvents(res.data.events, from);
-    if (!longpoll && res.data.events.length === 0 && !state.needUsers && !state.needRooms) {
-      await sleep(POLL_INTERVAL_MS);
-    }
+    events.setDown("lists", false);
+    const reply = await events.next(state.cursor);
+    if (reply) applyReply(reply);
   }
 }
+
+// A poll-shaped reply ({cursor, events, reset?}), from any transport.
+function applyReply(reply) {
+  if (reply.reset) {
+    // Read on from the fresh position; the next turn reloads first.
+    state.cursor = reply.cursor;
+    state.needReload = true;
+    return;
+  }
+  const from = state.cursor;
+  state.cursor = reply.cursor;
+  onEvents(reply.events, from);
+}
+
+const events = new EventStream(chosenTransport(), { onDown: view.showBanner });
 
 // -- rooms: what the dialogs ask for ------------------------------------------------
 // Each resolves to null when done, else a sentence to show.
@@ -458,6 +456,7 @@ const roomActions = {
   open: (key) => openConversation(key),
   refreshRooms() {
     state.needRooms = true;
+    events.wake();
   },
   async createRoom(name, isPrivate, members) {
     const res = await request("POST", "/api/rooms", { room: name, private: isPrivate, members });
@@ -587,4 +586,4 @@ document.addEventListener("keydown", (event) => {
 });
 
 view.paintAvatar($("me-avatar"), state.me);
-pollLoop();
+eventLoop();
