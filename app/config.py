@@ -30,7 +30,7 @@ from .limits import (
     MAX_SESSIONS_PER_ADDRESS,
     MAX_SESSIONS_PER_USER,
 )
-from .ws import MAX_SEND_BUFFER
+from .ws import KEEPALIVE, MAX_SEND_BUFFER
 
 #: The browser's ways of getting events (``?transport=`` in the page URL overrides).
 TRANSPORTS = ("ws", "longpoll", "poll")
@@ -61,6 +61,8 @@ class WebConfig:
     transport: str = "ws"
     #: Bytes queued for one browser socket before it is closed as too slow (1013).
     ws_send_buffer: int = MAX_SEND_BUFFER
+    #: Seconds a browser socket may go without a frame (an empty one if nothing happens).
+    ws_keepalive: float = KEEPALIVE
     idle_timeout: float = IDLE_TIMEOUT
     buffer_events: int = BUFFER_EVENTS
     max_body_bytes: int = MAX_BODY_BYTES

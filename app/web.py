@@ -315,7 +315,10 @@ async def api_ws(request: web.Request) -> web.StreamResponse:
     ws.headers.update(SECURITY_HEADERS)
     await ws.prepare(request)
     assert request.transport is not None
-    await push(request.app[GATEWAY_KEY], session, ws, request.transport, cursor, bound)
+    config = request.app[CONFIG_KEY]
+    await push(
+        request.app[GATEWAY_KEY], session, ws, request.transport, cursor, bound, config.ws_keepalive
+    )
     return ws
 
 

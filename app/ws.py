@@ -39,8 +39,9 @@ MAX_SEND_BUFFER = 1 << 20
 SLOW_AFTER = 5.0
 #: How often a backlogged socket's queue is looked at (only while it is over the bound).
 DRAIN_CHECK = 0.05
-#: Re-check the session now and then even when nothing happens.
-WAKE_EVERY = 30.0
+#: A frame at least this often, even an empty one: a page cannot see WebSocket pings,
+#: so it takes 60 s of silence for a dead socket (docs/protocol.md#push-choices).
+KEEPALIVE = 25.0
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_CORE_AWAY = 1012
@@ -67,6 +68,7 @@ async def push(
     transport: asyncio.Transport,
     cursor: int | None,
     max_send_buffer: int = MAX_SEND_BUFFER,
+    keepalive: float = KEEPALIVE,
 ) -> None:
     """Send the session's events from ``cursor`` until the socket or the session ends."""
     buf = session.buffer
@@ -74,7 +76,9 @@ async def push(
     session.polls_in_flight += 1
     session.touch()
     reader = asyncio.create_task(_read(ws, buf), name=f"ws-read-{session.username}")
+    loop = asyncio.get_running_loop()
     first = True
+    last_sent = loop.time()
     try:
         while not ws.closed and not reader.done():
             if session.ended:
@@ -89,7 +93,8 @@ async def push(
                 await ws.close(code=CLOSE_CORE_AWAY, message=b"core unavailable")
                 return
             reply = buf.collect(cursor)
-            if first or reply.events or reply.reset:
+            quiet_for = loop.time() - last_sent
+            if first or reply.events or reply.reset or quiet_for >= keepalive:
                 try:
                     await ws.send_frame(reply.body(), WSMsgType.TEXT)
                 except ConnectionError:
@@ -98,10 +103,10 @@ async def push(
                     log.info("closing the socket of %s: it does not read", session.username)
                     await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow", drain=False)
                     return
-                cursor, first = reply.cursor, False
+                cursor, first, last_sent = reply.cursor, False, loop.time()
                 if reply.events or reply.reset:
                     continue  # more may be waiting (a reply holds a bounded number)
-            await buf.changed(WAKE_EVERY)
+            await buf.changed(keepalive - (loop.time() - last_sent))
     finally:
         session.polls_in_flight -= 1
         session.touch()

@@ -230,3 +230,15 @@ async def test_a_tab_that_never_reads_is_closed_1013_while_others_keep_up(
     data = await asyncio.to_thread(drained)  # ...then what it queued, ending in its close frame
     stuck.close()
     assert close_code(data) == 1013
+
+
+async def test_a_quiet_socket_still_gets_a_frame_every_keepalive(
+    make_web: MakeWeb, aiohttp_client: Any
+) -> None:
+    # Pages cannot see WebSocket pings: an empty frame now and then lets them tell a
+    # quiet socket from a dead one.
+    web = await web_client(make_web, aiohttp_client, ws_keepalive=0.3)
+    cursor = (await login(web, "Alice"))["cursor"]
+    async with web.ws_connect(f"/api/ws?cursor={cursor}") as ws:
+        frames = [await frame(ws, 5) for _ in range(3)]
+    assert frames == [{"cursor": cursor, "events": []}] * 3

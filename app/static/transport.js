@@ -25,6 +25,8 @@ const CUT_POLLS = 3; // held polls cut (plain ones working) before falling back 
 // Close codes of GET /api/ws.
 const TOO_SLOW = 1013; // reconnect at once with the last cursor: nothing is lost
 const LOGGED_OUT = 4401; // the session ended: as a 401 from the API
+const ABANDONED = 1006; // as the browser reports a connection that died
+const SILENT_MS = 60000; // the server sends a frame at least every 25 s
 
 const NAMES = { ws: "WebSocket push", longpoll: "long-poll", poll: "polling every 100 ms" };
 
@@ -127,12 +129,28 @@ export class EventStream {
     const socket = new WebSocket(url);
     this.socket = socket;
     let opened = false;
+    // The server sends a frame at least every 25 s; silence for longer means a dead
+    // connection the browser may not notice for hours: drop it and reconnect.
+    let watchdog = null;
+    const watch = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        // A close handshake cannot finish on a dead connection: do not wait for it.
+        socket.onclose = null;
+        socket.onmessage = null;
+        socket.close();
+        if (this.socket === socket) this.socket = null;
+        this.closed(ABANDONED, true);
+      }, SILENT_MS);
+    };
     socket.onopen = () => {
       opened = true;
       this.everOpened = true;
       this.failedOpens = 0;
+      watch();
     };
     socket.onmessage = (event) => {
+      watch();
       let reply;
       try {
         reply = JSON.parse(event.data);
@@ -145,6 +163,7 @@ export class EventStream {
       if (!this.release(reply)) this.queue.push(reply);
     };
     socket.onclose = (event) => {
+      clearTimeout(watchdog);
       if (this.socket === socket) this.socket = null;
       this.closed(event.code, opened);
     };
