@@ -5,17 +5,25 @@ over TCP) and browsers (``_http.Browser`` through the gateway). It reports to
 the parent over a pipe at each phase (desktops ready, browsers ready, drained,
 result) and measures send→seen latency from the ``perf_counter()`` stamp every
 message text carries.
+
+In ``ws`` mode a browser receives over ``GET /api/ws`` (docs/protocol.md#websocket-push):
+one aiohttp client WebSocket per browser session, carrying the session cookie and
+the site's own Origin as a page would, while its sends stay HTTP requests; its
+desktops long-poll, as in ``longpoll`` mode, so the two modes differ only in the
+browsers' receiving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,14 @@ except ImportError:  # pragma: no cover
 POLL_INTERVAL = 0.1
 LONGPOLL_WAIT_MS = 25_000
 PASSWORD = "bench"
+#: A push frame holds at most this many events (the core's and the buffer's page
+#: size, legacy_socket_server/contract.py); a shorter one means "caught up".
+MAX_FRAME_EVENTS = 500
+#: Seconds without a frame after a full one that also mean "caught up": the server
+#: sends the next page at once when there is one.
+FULL_FRAME_QUIET = 2.0
+#: Close codes of /api/ws (app/ws.py): reconnect from the cursor after 1013.
+WS_TOO_SLOW = 1013
 
 
 class W:
@@ -46,6 +62,8 @@ class W:
         self.errors: collections.Counter[str] = collections.Counter()
         self.req: collections.Counter[str] = collections.Counter()  # in the window
         self.resets_window = 0
+        #: /api/ws sockets that ended other than by our own stop, by close code
+        self.ws_closed: collections.Counter[str] = collections.Counter()
         self.t_start = float("inf")
         self.t_end = float("inf")
         self.stop = False
@@ -76,7 +94,8 @@ async def desktop_loop(c, me: str, mode: str, st: W, idle: asyncio.Event) -> Non
     from legacy_socket_server.client import CoreError, CoreUnavailable
 
     cursor = None
-    wait = LONGPOLL_WAIT_MS if mode == "longpoll" else 0
+    # In ws mode the desktops long-poll too: only the browsers' receiving differs.
+    wait = LONGPOLL_WAIT_MS if mode in ("longpoll", "ws") else 0
     while not st.stop:
         try:
             r = await c.poll(cursor, wait_ms=wait if idle.is_set() else 0)
@@ -92,7 +111,7 @@ async def desktop_loop(c, me: str, mode: str, st: W, idle: asyncio.Event) -> Non
         st.received(me, "D", ev)
         if not ev:
             idle.set()
-            if mode != "longpoll":
+            if not wait:
                 await asyncio.sleep(POLL_INTERVAL)
 
 
@@ -124,6 +143,82 @@ async def browser_loop(http, me: str, cursor: int, mode: str, st: W, idle) -> No
                 await asyncio.sleep(POLL_INTERVAL)
             elif mode == "pollmax":
                 pass  # closed loop: the throughput baseline
+
+
+async def ws_receive(
+    session,
+    url: str,
+    cookie: str,
+    cursor: int,
+    on_reply: Callable[[dict[str, Any]], None],
+    idle: asyncio.Event,
+    stopped: Callable[[], bool],
+    errors: collections.Counter[str],
+    closed: collections.Counter[str],
+) -> None:
+    """Receive over ``GET /api/ws`` until ``stopped()``; reconnect from the last cursor if closed.
+
+    The server pushes poll-shaped frames (docs/protocol.md#websocket-push), each
+    handed to ``on_reply`` decoded; the first answers ``cursor`` at once. A close
+    by the server is counted in ``closed`` by its code; any but 1013 (too slow: the
+    protocol's "reconnect from your cursor") is also an error, retried the same way.
+
+    ``idle`` is set once the socket has caught up (the drain's "idle", as an empty
+    poll reply is for the pollers): at a frame shorter than a full page, or
+    ``FULL_FRAME_QUIET`` s after a full one with nothing behind it (a backlog of
+    exactly a whole number of pages ends with a full frame).
+    """
+    import aiohttp
+
+    quiet: asyncio.TimerHandle | None = None
+
+    origin = url.split("/api/", 1)[0].replace("ws://", "http://", 1)
+    headers = {"Cookie": cookie, "Origin": origin}  # a page's socket sends its own origin
+    while not stopped():
+        try:
+            async with session.ws_connect(f"{url}?cursor={cursor}", headers=headers) as ws:
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    r = loads(msg.data)
+                    cursor = r["cursor"]
+                    on_reply(r)
+                    if quiet is not None:
+                        quiet.cancel()
+                        quiet = None
+                    if len(r["events"]) < MAX_FRAME_EVENTS:
+                        idle.set()
+                    elif not idle.is_set():
+                        quiet = asyncio.get_running_loop().call_later(FULL_FRAME_QUIET, idle.set)
+                code = ws.close_code
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - count and carry on
+            if stopped():
+                return
+            errors[f"browser ws: {type(exc).__name__} {exc}"[:100]] += 1
+            await asyncio.sleep(0.5)
+            continue
+        if stopped():
+            return
+        closed[str(code)] += 1
+        if code != WS_TOO_SLOW:
+            errors[f"browser ws closed with {code}"] += 1
+            await asyncio.sleep(0.5)
+
+
+async def ws_loop(session, url: str, cookie: str, me: str, cursor: int, st: W, idle) -> None:
+    """A browser receiving over ``GET /api/ws``."""
+
+    def on_reply(r: dict[str, Any]) -> None:
+        st.count("ws_frame")
+        if r.get("reset"):
+            st.resets_window += st.t_start <= time.perf_counter() <= st.t_end
+        st.received(me, "B", r["events"])
+
+    await ws_receive(
+        session, url, cookie, cursor, on_reply, idle, lambda: st.stop, st.errors, st.ws_closed
+    )
 
 
 async def sender_loop(send, me: str, kind: str, names: list[str], rate: float, st: W) -> None:
@@ -214,6 +309,7 @@ async def login_browsers(cfg: dict[str, Any]) -> dict[str, tuple[Any, int]]:
 async def worker_main(conn, cfg: dict[str, Any]) -> None:
     st = W()
     mode = cfg["mode"]
+    ws_session = None
     loop = asyncio.get_running_loop()
     recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
 
@@ -227,20 +323,31 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
     conn.send(("browsers_ready", None))
     await recv()
 
-    # 3. everyone polls; drain the login storm's presence events
+    # 3. everyone polls (or opens its socket); drain the login storm's presence events
     tasks = []
     idles = []
     for name, c in desktops.items():
         idle = asyncio.Event()
         idles.append(idle)
         tasks.append(asyncio.create_task(desktop_loop(c, name, mode, st, idle)))
+    if mode == "ws":
+        ws_session = ws_client_session()
+        url = f"ws://127.0.0.1:{cfg['web_port']}/api/ws"
     for name, (http, cursor) in browsers.items():
         idle = asyncio.Event()
         idles.append(idle)
-        tasks.append(asyncio.create_task(browser_loop(http, name, cursor, mode, st, idle)))
-    for idle in idles:
-        await idle.wait()
+        if mode == "ws":
+            cookie = await socket_cookie(http)
+            loop_ = ws_loop(ws_session, url, cookie, name, cursor, st, idle)
+        else:
+            loop_ = browser_loop(http, name, cursor, mode, st, idle)
+        tasks.append(asyncio.create_task(loop_))
+    await wait_drained(idles, st.errors)
     await asyncio.sleep(1.0)  # let everyone settle into its steady rhythm
+    # The generator's own hygiene: thousands of clients are long-lived objects; a
+    # full collection walking them would stall the generator (and show as latency).
+    gc.collect()
+    gc.freeze()
     phase("drained")
     conn.send(("drained", None))
 
@@ -300,11 +407,57 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
                 "errors": dict(st.errors),
                 "req": dict(st.req),
                 "resets": st.resets_window,
+                "ws_closed": dict(st.ws_closed),
             },
         )
     )
     await asyncio.gather(*(c.close() for c in desktops.values()), return_exceptions=True)
     await asyncio.gather(*(h.close() for h, _ in browsers.values()), return_exceptions=True)
+    if ws_session is not None:
+        await ws_session.close()
+
+
+async def socket_cookie(http) -> str:
+    """The session cookie of a logged-in ``Browser`` that is to receive over a socket.
+
+    The login's keep-alive connection is not the socket: it is closed, so the
+    browser holds its socket and (from its first send) one request connection, as
+    a long-polling one holds its poll and its send connection.
+    """
+    cookie = http.cookie.decode()
+    await http.close()
+    return cookie
+
+
+def ws_client_session():
+    """One aiohttp client session for all of a worker's sockets.
+
+    Each socket carries its own browser's cookie in its headers, so the session
+    keeps no cookie jar (it would mix the browsers' cookies) and no connection limit.
+    """
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=None, connect=60),
+    )
+
+
+async def wait_drained(idles: list[asyncio.Event], errors: collections.Counter[str]) -> None:
+    """Wait for every client to be caught up, saying every 10 s who is not, and why."""
+    while True:
+        left = sum(1 for i in idles if not i.is_set())
+        if not left:
+            return
+        try:
+            async with asyncio.timeout(10):
+                for idle in idles:
+                    await idle.wait()
+            return
+        except TimeoutError:
+            left = sum(1 for i in idles if not i.is_set())
+            phase(f"{left} clients not yet drained; errors so far {errors.most_common(3)}")
 
 
 def phase(msg: str) -> None:

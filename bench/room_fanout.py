@@ -4,12 +4,15 @@ Every user of a new data directory is a member of ``general``
 (docs/protocol.md#rooms). Each simulated member is its own user and holds a
 long-poll: a desktop member is a framed-TCP ``CoreClient`` holding ``poll`` with
 ``wait_ms``; a browser member (gateway configuration) is a lean HTTP client
-(``_http.Browser``) holding ``GET /api/poll?wait_ms=...`` through the web app.
+(``_http.Browser``) holding ``GET /api/poll?wait_ms=...`` through the web app, or,
+with ``--browser-transport ws``, an aiohttp client WebSocket on ``GET /api/ws``
+(docs/protocol.md#websocket-push; its sends stay HTTP requests).
 
 Two configurations per member count, each on a fresh core (and web app):
 
 * ``core``: all N members are desktop clients of the core alone;
-* ``gateway``: N/2 desktops + N/2 browsers through the gateway.
+* ``gateway``: N/2 desktops + N/2 browsers through the gateway, once per
+  ``--browser-transport`` (``longpoll ws`` runs both, side by side).
 
 In each, after setup (resume with ready-made tokens, browser logins, drain of the
 login wave), the same clients go through measured phases of ``--seconds``:
@@ -31,6 +34,7 @@ delivered event; the room/dm ratio of those is the figure to compare.
 
     python bench/room_fanout.py --members 1000 5000 --seconds 10
     python bench/room_fanout.py --members 1000 --core-only
+    python bench/room_fanout.py --members 1000 5000 --gateway-only --browser-transport ws longpoll
 
 Setup (not measured), as in ``bench/system_load.py``: users of
 ``_setup.make_data_dir_fast``; desktops ``resume`` with ready-made tokens and skip
@@ -38,6 +42,8 @@ the login wave's presence backlog (their first poll, from cursor 0, is answered
 ``reset`` with the current cursor); browsers log in through ``POST /api/login``
 and drain their buffers; ``--procs`` generator processes share the members.
 Load talks only to 127.0.0.1, is bounded by ``--seconds`` and stops by itself.
+The web app runs under ``bench/_gc_probe.py``: each phase reports its longest
+cyclic-GC pause per generation.
 """
 
 from __future__ import annotations
@@ -56,14 +62,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _load_worker import loads, login_browsers, phase, resume_desktops
+import _gc_probe
+from _load_worker import (
+    loads,
+    login_browsers,
+    phase,
+    resume_desktops,
+    socket_cookie,
+    ws_client_session,
+    ws_receive,
+)
 from _setup import (
     cpu_seconds,
     machine_cpu,
     make_data_dir_fast,
     rss_kib,
     start_core,
-    start_web_gc_logged,
 )
 from system_load import gather, pct, summarize_profile, wait_quiet
 
@@ -105,6 +119,8 @@ class State:
         self.resets: collections.Counter[str] = collections.Counter()
         self.current = "setup"
         self.poll_errors: collections.Counter[str] = collections.Counter()
+        #: sockets the server closed, by close code
+        self.ws_closed: collections.Counter[str] = collections.Counter()
         self.stop = False
 
     def received(self, kind: str, mine: set[int], events: list[dict[str, Any]]) -> None:
@@ -199,8 +215,24 @@ async def browser_loop(http, cursor: int, st: State, idle: asyncio.Event) -> Non
             idle.set()
 
 
+async def browser_ws_loop(session, url: str, cookie: str, cursor: int, st: State, idle) -> None:
+    """A browser member receiving over ``GET /api/ws``."""
+    mine: set[int] = set()
+
+    def on_reply(r: dict[str, Any]) -> None:
+        if r.get("reset"):
+            st.resets[st.current] += 1
+        if r["events"]:
+            st.received("B", mine, r["events"])
+
+    await ws_receive(
+        session, url, cookie, cursor, on_reply, idle, lambda: st.stop, st.poll_errors, st.ws_closed
+    )
+
+
 async def worker_main(conn, cfg: dict[str, Any]) -> None:
     st = State()
+    ws_session = None
     loop = asyncio.get_running_loop()
     recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
 
@@ -221,10 +253,19 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
         idle = asyncio.Event()
         idles.append(idle)
         tasks.append(asyncio.create_task(desktop_loop(c, st, idle)))
+    if cfg["transport"] == "ws":
+        ws_session = ws_client_session()
+        url = f"ws://127.0.0.1:{cfg['web_port']}/api/ws"
     for http, cursor in browsers.values():
         idle = asyncio.Event()
         idles.append(idle)
-        tasks.append(asyncio.create_task(browser_loop(http, cursor, st, idle)))
+        if cfg["transport"] == "ws":
+            cookie = await socket_cookie(http)
+            tasks.append(
+                asyncio.create_task(browser_ws_loop(ws_session, url, cookie, cursor, st, idle))
+            )
+        else:
+            tasks.append(asyncio.create_task(browser_loop(http, cursor, st, idle)))
     for idle in idles:
         await idle.wait()
     await asyncio.sleep(1.0)
@@ -293,11 +334,14 @@ async def worker_main(conn, cfg: dict[str, Any]) -> None:
                 "late": {tag: t.export() for tag, t in st.tags.items()},
                 "resets": dict(st.resets),
                 "poll_errors": dict(st.poll_errors),
+                "ws_closed": dict(st.ws_closed),
             },
         )
     )
     await asyncio.gather(*(c.close() for c in desktops.values()), return_exceptions=True)
     await asyncio.gather(*(h.close() for h, _ in browsers.values()), return_exceptions=True)
+    if ws_session is not None:
+        await ws_session.close()
 
 
 def worker(conn, cfg: dict[str, Any]) -> None:
@@ -376,19 +420,26 @@ def profile(pid: int, out: Path, seconds: float) -> subprocess.Popen:
     )
 
 
-def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One fresh core (+ web app), n members, every phase; returns (phase rows, setup info)."""
+def run_config(
+    args, n: int, gateway: bool, transport: str = "longpoll"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One fresh core (+ web app), n members, every phase; returns (phase rows, setup info).
+
+    ``transport`` is how the browser members receive: ``longpoll`` or ``ws``.
+    """
     busy = wait_quiet(args.wait_quiet) if args.wait_quiet else float("nan")
     config = "gateway" if gateway else "core"
+    transport = transport if gateway else "tcp"
     info: dict[str, Any] = {
         "config": config,
+        "transport": transport,
         "members": n,
         "busy_before": busy,
         "load_before": os.getloadavg(),
     }
-    print(f"# {config} n={n}: machine busy before {busy * 100:.0f}%", flush=True)
+    print(f"# {config}/{transport} n={n}: machine busy before {busy * 100:.0f}%", flush=True)
     rows: list[dict[str, Any]] = []
-    web = web_log = None
+    web: _gc_probe.Probe | None = None
     with tempfile.TemporaryDirectory(prefix="room-fanout-") as tmp:
         tokens = make_data_dir_fast(Path(tmp), n)
         names = list(tokens)
@@ -397,15 +448,8 @@ def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[
         info["core_start_s"] = time.perf_counter() - t0
         web_port = None
         if gateway:
-            web, web_port, web_log = start_web_gc_logged(
-                core_port,
-                "--max-sessions-per-ip",
-                "1000000",
-                "--max-sessions",
-                "1000000",
-                "--idle-timeout",
-                "3600",
-            )
+            web = _gc_probe.start_web(core_port, "--idle-timeout", "3600")
+            web_port = web.port
             desk, brow = names[::2], names[1::2]
             senders = [names[0], names[1]]  # a desktop and a browser member in turn
         else:
@@ -427,6 +471,7 @@ def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[
                     "browsers": mine_b,
                     "tokens": {k: tokens[k] for k in mine_d},
                     "login_concurrency": args.login_concurrency,
+                    "transport": transport,
                 }
                 p = ctx.Process(target=worker, args=(child, cfg), daemon=True)
                 p.start()
@@ -459,20 +504,21 @@ def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[
                     d.mkdir(parents=True, exist_ok=True)
                     for role, pid in pids.items():
                         if pid:
-                            out = d / f"{config}-{n}-{tag}-{role}.txt"
+                            out = d / f"{config}-{transport}-{n}-{tag}-{role}.txt"
                             profs.append(profile(pid, out, args.seconds))
                 cpu0 = {k: cpu_seconds(v) for k, v in pids.items() if v}
                 gen0 = sum(cpu_seconds(p) for p in gen_pids)
                 m0 = machine_cpu()
                 w0 = time.perf_counter()
-                log_mark = len(web_log.read_text()) if web_log else 0
+                if web:
+                    web.mark()  # the phase's GC stats start here
                 time.sleep(max(0.0, t_end + args.drain - time.perf_counter()))
                 cpu1 = {k: cpu_seconds(v) for k, v in pids.items() if v}
                 gen1 = sum(cpu_seconds(p) for p in gen_pids)
                 m1 = machine_cpu()
                 wall = time.perf_counter() - w0
-                gc_lines = web_log.read_text()[log_mark:].splitlines() if web_log else []
-                gc_ms = [float(x.split("pause ")[1].split()[0]) for x in gc_lines if "gc gen" in x]
+                no_gc = {"count": [0] * 3, "max_ms": [0.0] * 3, "total_ms": [0.0] * 3}
+                gc_stats = web.mark() if web else no_gc
                 data = empty()
                 for part in gather(conns, "phase_done", args.drain + 120):
                     merge(data, part)
@@ -481,6 +527,7 @@ def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[
                 busy_s = (m1[0] - m0[0]) / os.sysconf("SC_CLK_TCK")
                 row = {
                     "config": config,
+                    "transport": transport,
                     "members": n,
                     "desktops": len(desk),
                     "browsers": len(brow),
@@ -492,9 +539,7 @@ def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[
                     "cpu_gen": gen1 - gen0,
                     "machine_busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
                     "busy_s": busy_s,
-                    "web_gc": len(gc_ms),
-                    "web_gc_max": max(gc_ms, default=0.0),
-                    "web_gc_sum": sum(gc_ms),
+                    "web_gc": gc_stats,
                     "data": data,
                 }
                 row["cpu_other"] = busy_s - row["cpu_core"] - row["cpu_web"] - row["cpu_gen"]
@@ -510,22 +555,22 @@ def run_config(args, n: int, gateway: bool) -> tuple[list[dict[str, Any]], dict[
                 p.join(30)
                 if p.is_alive():
                     p.kill()
-            for proc in (web, core):
-                if proc is not None:
-                    proc.terminate()
-            for proc in (web, core):
-                if proc is not None:
-                    try:
-                        proc.wait(120)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(10)
+            if web is not None:
+                web.stop(120)
+            core.terminate()
+            try:
+                core.wait(120)
+            except subprocess.TimeoutExpired:
+                core.kill()
+                core.wait(10)
     info["resets"] = collections.Counter()
     for f in final:
         info["resets"].update(f["resets"])
     info["poll_errors"] = collections.Counter()
+    info["ws_closed"] = collections.Counter()
     for f in final:
         info["poll_errors"].update(f["poll_errors"])
+        info["ws_closed"].update(f["ws_closed"])
     late = collections.Counter()
     by_tag = {r["phase"]: r for r in rows}
     for f in final:
@@ -572,35 +617,38 @@ def summarize(r: dict[str, Any]) -> dict[str, Any]:
 
 def line(r: dict[str, Any]) -> str:
     by = " ".join(f"{k}:{r['p50_by'][k]:.0f}/{r['p99_by'][k]:.0f}" for k in r["p50_by"])
+    g = r["web_gc"]
     return (
-        f"{r['config']:7} n={r['members']:5} {r['phase']:5} sent {r['sent']:5} "
+        f"{r['config']:7} {r['transport']:8} n={r['members']:5} {r['phase']:5} sent {r['sent']:5} "
         f"delivered {r['delivered']:6}/{r['expected']:6} lost {r['lost']} dup {r['dupes']} "
         f"p50/p99/max {r['p50']:6.1f}/{r['p99']:6.1f}/{r['max']:6.1f} ms (by kind p50/p99 {by})  "
         f"cpu core {r['cpu_core']:.2f} web {r['cpu_web']:.2f} gen {r['cpu_gen']:.2f} "
         f"other {r['cpu_other']:.2f} s in {r['wall']:.1f} s  "
         f"per delivery core {r['us_core']:.1f} us, web/browser delivery {r['us_web']:.1f} us  "
-        f"web GC>=20ms {r['web_gc']} (max {r['web_gc_max']:.0f}, in all {r['web_gc_sum']:.0f} ms)  "
+        f"web GC max ms gen0/1/2 {'/'.join(f'{x:.0f}' for x in g['max_ms'])} "
+        f"(n {'/'.join(str(x) for x in g['count'])}, in all {sum(g['total_ms']):.0f} ms)  "
         f"err {sum(r['errors'].values())}"
     )
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
-        "| config | members (D+B) | phase | msgs | deliveries (seen / expected) | "
+        "| config | browsers via | members (D+B) | phase | msgs | deliveries (seen / expected) | "
         "p50 / p99 / max ms | p99 to D, B ms | CPU core / web / gen / other s | "
-        "core µs per delivery | web µs per browser delivery | lost | dup |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "core µs per delivery | web µs per browser delivery | web GC max ms | lost | dup |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pd = r["p99_by"].get("D", float("nan"))
         pb = r["p99_by"].get("B", float("nan"))
         out.append(
-            f"| {r['config']} | {r['members']} ({r['desktops']}+{r['browsers']}) | {r['phase']} | "
+            f"| {r['config']} | {r['transport']} | "
+            f"{r['members']} ({r['desktops']}+{r['browsers']}) | {r['phase']} | "
             f"{r['acked']} | {r['delivered']} / {r['expected']} | "
             f"{r['p50']:.1f} / {r['p99']:.1f} / {r['max']:.1f} | {pd:.1f}, {pb:.1f} | "
             f"{r['cpu_core']:.2f} / {r['cpu_web']:.2f} / {r['cpu_gen']:.2f} / "
             f"{r['cpu_other']:.2f} | {r['us_core']:.1f} | {r['us_web']:.1f} | "
-            f"{r['lost']} | {r['dupes']} |"
+            f"{max(r['web_gc']['max_ms']):.0f} | {r['lost']} | {r['dupes']} |"
         )
     return "\n".join(out)
 
@@ -608,28 +656,54 @@ def table(rows: list[dict[str, Any]]) -> str:
 def ratios(rows: list[dict[str, Any]]) -> str:
     """Room vs DM CPU per delivery, pairing each room round with the dm round after it."""
     out = [
-        "| config | members | round | core µs/delivery room / dm | ratio | "
+        "| config | browsers via | members | round | core µs/delivery room / dm | ratio | "
         "web µs/browser delivery room / dm | ratio | core+web µs/delivery room / dm | ratio |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(r["config"], r["members"], r["phase"]): r for r in rows}
-    for (config, n, tag), room in by.items():
+    by = {(r["config"], r["transport"], r["members"], r["phase"]): r for r in rows}
+    for (config, transport, n, tag), room in by.items():
         if not tag.startswith("room"):
             continue
-        dm = by.get((config, n, "dm" + tag[4:]))
+        dm = by.get((config, transport, n, "dm" + tag[4:]))
         if dm is None:
             continue
 
-        def q(a: float, b: float) -> str:
-            return f"{a / b:.2f}" if b == b and b else "–"
-
         out.append(
-            f"| {config} | {n} | {tag[4:]} | {room['us_core']:.1f} / {dm['us_core']:.1f} | "
+            f"| {config} | {transport} | {n} | {tag[4:]} | "
+            f"{room['us_core']:.1f} / {dm['us_core']:.1f} | "
             f"{q(room['us_core'], dm['us_core'])} | {room['us_web']:.1f} / {dm['us_web']:.1f} | "
             f"{q(room['us_web'], dm['us_web'])} | {room['us_all']:.1f} / {dm['us_all']:.1f} | "
             f"{q(room['us_all'], dm['us_all'])} |"
         )
     return "\n".join(out)
+
+
+def q(a: float, b: float) -> str:
+    """a / b to two places, or a dash when b is zero or not a number."""
+    return f"{a / b:.2f}" if b == b and b else "–"
+
+
+def transports(rows: list[dict[str, Any]]) -> str:
+    """Browser members on the WebSocket against long-poll, phase by phase (gateway only)."""
+    by = {(r["transport"], r["members"], r["phase"]): r for r in rows if r["config"] == "gateway"}
+    out = [
+        "| members | phase | p50 ms ws / longpoll | p99 ms ws / longpoll | "
+        "p99 to browsers ms ws / longpoll | web µs per browser delivery ws / longpoll | ratio | "
+        "web CPU s ws / longpoll |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (transport, n, tag), ws in by.items():
+        lp = by.get(("longpoll", n, tag))
+        if transport != "ws" or lp is None or tag == "idle":
+            continue
+        wb, lb = ws["p99_by"].get("B", float("nan")), lp["p99_by"].get("B", float("nan"))
+        out.append(
+            f"| {n} | {tag} | {ws['p50']:.1f} / {lp['p50']:.1f} | "
+            f"{ws['p99']:.1f} / {lp['p99']:.1f} | "
+            f"{wb:.1f} / {lb:.1f} | {ws['us_web']:.1f} / {lp['us_web']:.1f} | "
+            f"{q(ws['us_web'], lp['us_web'])} | {ws['cpu_web']:.2f} / {lp['cpu_web']:.2f} |"
+        )
+    return "\n".join(out) if len(out) > 2 else ""
 
 
 def main() -> None:
@@ -649,6 +723,13 @@ def main() -> None:
     ap.add_argument(
         "--wait-quiet", type=float, default=60.0, help="wait up to this many s for a calm machine"
     )
+    ap.add_argument(
+        "--browser-transport",
+        nargs="+",
+        choices=["longpoll", "ws"],
+        default=["longpoll"],
+        help="how browser members receive (gateway configuration); several run side by side",
+    )
     ap.add_argument("--profile-dir", help="py-spy record core and web in room1 and dm1")
     args = ap.parse_args()
     print(
@@ -656,19 +737,21 @@ def main() -> None:
         f"(+{args.drain} s drain); room {args.room_rate} msg/s; load {os.getloadavg()}",
         flush=True,
     )
-    configs = [] if args.gateway_only else [False]
-    configs += [] if args.core_only else [True]
+    configs = [] if args.gateway_only else [(False, "tcp")]
+    configs += [] if args.core_only else [(True, t) for t in args.browser_transport]
     rows, infos = [], []
     for n in args.members:
-        for gw in configs:
-            r, info = run_config(args, n, gw)
+        for gw, transport in configs:
+            r, info = run_config(args, n, gw, transport)
             rows += r
             infos.append(info)
             print(
-                f"# {info['config']} n={n}: core start {info['core_start_s']:.1f} s, setup "
+                f"# {info['config']}/{info['transport']} n={n}: core start "
+                f"{info['core_start_s']:.1f} s, setup "
                 f"{info['setup_s']:.0f} s, RSS core {info['rss_core_mib']:.0f} MiB web "
                 f"{info['rss_web_mib']:.0f} MiB, resets {dict(info['resets'])}, poll errors "
-                f"{dict(info['poll_errors'])}, late deliveries {info['late']}, load before "
+                f"{dict(info['poll_errors'])}, sockets closed by the server "
+                f"{dict(info['ws_closed'])}, late deliveries {info['late']}, load before "
                 f"{info['load_before'][0]:.2f} after {info['load_after'][0]:.2f}",
                 flush=True,
             )
@@ -679,6 +762,9 @@ def main() -> None:
     print(table(rows))
     print()
     print(ratios(rows))
+    if transports(rows):
+        print()
+        print(transports(rows))
     if args.profile_dir:
         for p in sorted(Path(args.profile_dir).glob("*.txt")):
             print()
