@@ -17,15 +17,20 @@ import time
 log = logging.getLogger(__name__)
 
 
-def release_free_memory() -> None:
-    """Return freed heap pages to the OS (glibc only; elsewhere nothing to do)."""
+def release_free_memory() -> float:
+    """Return freed heap pages to the OS (glibc only; elsewhere nothing to do).
+
+    Returns the seconds it took: it runs on the event loop, so callers log it.
+    """
     if not sys.platform.startswith("linux"):
-        return
+        return 0.0
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         trim = libc.malloc_trim
     except (OSError, AttributeError):  # musl and others: no malloc_trim
-        return
+        return 0.0
     started = time.perf_counter()
     trim(0)
-    log.debug("malloc_trim took %.1f ms", (time.perf_counter() - started) * 1000)
+    took = time.perf_counter() - started
+    log.debug("malloc_trim took %.1f ms", took * 1000)
+    return took
