@@ -245,23 +245,11 @@ def start(
 
 def start_web(core_port: int, *extra: str, tracemalloc_frames: int = 0) -> Probe:
     """``python -m app`` against the core at 127.0.0.1:core_port, under the probe."""
+    from _setup import web_args  # here: the probe's own process never needs it
+
     return start(
         "app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--core",
-        f"127.0.0.1:{core_port}",
-        "--log-level",
-        "WARNING",
-        # Every simulated browser comes from 127.0.0.1: the per-address and total
-        # session caps are for real deployments, not for the load generator.
-        "--max-sessions-per-ip",
-        "1000000",
-        "--max-sessions",
-        "1000000",
-        *extra,
+        *web_args(core_port, *extra),
         tracemalloc_frames=tracemalloc_frames,
     )
 

@@ -182,12 +182,9 @@ def make_data_dir_fast(path: Path, n_users: int, password: str = "bench") -> dic
     return tokens
 
 
-def start_web(core_port: int, *extra: str):
-    """Start ``python -m app`` on a free port against the core at 127.0.0.1:core_port."""
-    args = [
-        sys.executable,
-        "-m",
-        "app",
+def web_args(core_port: int, *extra: str) -> list[str]:
+    """The web app's flags for a benchmark: a free port, the given core, no session caps."""
+    return [
         "--host",
         "127.0.0.1",
         "--port",
@@ -204,6 +201,11 @@ def start_web(core_port: int, *extra: str):
         "1000000",
         *extra,
     ]
+
+
+def start_web(core_port: int, *extra: str):
+    """Start ``python -m app`` on a free port against the core at 127.0.0.1:core_port."""
+    args = [sys.executable, "-m", "app", *web_args(core_port, *extra)]
     return start_process(args, pattern=r"Chat is running: http://[^/\s]*:(\d+)/")
 
 
