@@ -138,6 +138,22 @@ def core_proc(tmp_path: Path) -> Iterator[CoreProcess]:
 
 
 @pytest.fixture
+def tls_core(tmp_path: Path) -> Iterator[CoreProcess]:
+    """A core with the demo users, plaintext and TLS (a generated self-signed certificate)."""
+    core = CoreProcess(tmp_path / "data", ["--tls-port", "0"]).start(port=0)
+    yield core
+    core.stop()
+
+
+@pytest.fixture
+def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``$XDG_CONFIG_HOME`` (the desktop client's known hosts) in tmp, here and in children."""
+    home = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
+@pytest.fixture
 def bob_peer(core_proc: CoreProcess) -> Iterator[Peer]:
     """Bob logged in to ``core_proc`` on a plain blocking socket."""
     peer = Peer(core_proc.host, core_proc.port)

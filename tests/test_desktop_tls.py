@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trustme
@@ -30,20 +29,7 @@ from legacy_socket_server.desktop.trust import TLSOptions, known_hosts_path
 WRONG_PIN = "sha256:" + "0" * 64
 
 
-@pytest.fixture(autouse=True)
-def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The known-hosts file of these tests lives in tmp."""
-    home = tmp_path / "config"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
-    return home
-
-
-@pytest.fixture
-def tls_core(tmp_path: Path) -> Iterator[CoreProcess]:
-    """A core with the demo users, plaintext and TLS (a generated self-signed certificate)."""
-    core = CoreProcess(tmp_path / "data", extra_args=["--tls-port", "0"]).start(port=0)
-    yield core
-    core.stop()
+pytestmark = pytest.mark.usefixtures("config_home")  # known hosts live in tmp
 
 
 @pytest.fixture

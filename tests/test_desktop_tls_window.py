@@ -10,58 +10,17 @@ into the test's tmp dir: the known-hosts file written is the test's own.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import test_desktop_window as harness
-from conftest import ROOT, CoreProcess
+from conftest import CoreProcess
 from test_desktop_window import DesktopApp
-from waiting import wait_for
 
 from legacy_socket_server.desktop.trust import known_hosts_path, short_fingerprint
 
 xdisplay = harness.xdisplay
-
-
-class TLSDesktopApp(DesktopApp):
-    """``DesktopApp`` started with extra flags (its constructor takes none)."""
-
-    def __init__(self, display: str, host: str, port: int, tmp_path: Path, *flags: str) -> None:
-        self.display = display
-        self.tmp_path = tmp_path
-        self.state_path = tmp_path / "desktop-state.json"
-        self.env = {**os.environ, "DISPLAY": display}
-        self.log_path = tmp_path / "desktop.log"
-        log = open(self.log_path, "w")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "chatapp.py"), "--host", host, "--port", str(port), *flags],
-            cwd=ROOT,
-            env={**self.env, "CHAT_DESKTOP_STATE_FILE": str(self.state_path)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        self.window = wait_for(self._find_window, timeout=20, what="the chat window to map")
-        self.wait_state(lambda s: s.get("focus") == "username", "focus in Username")
-
-
-@pytest.fixture
-def config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The known-hosts file lives in tmp, for this process and the chatapp.py it starts."""
-    home = tmp_path / "config"
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
-    return home
-
-
-@pytest.fixture
-def tls_core(tmp_path: Path) -> Iterator[CoreProcess]:
-    core = CoreProcess(tmp_path / "data", extra_args=["--tls-port", "0"]).start(port=0)
-    yield core
-    core.stop()
 
 
 @pytest.fixture
@@ -71,7 +30,7 @@ def start_tls_app(
     apps: list[DesktopApp] = []
 
     def start(*flags: str) -> DesktopApp:
-        app = TLSDesktopApp(xdisplay, tls_core.host, tls_core.tls_port, tmp_path, *flags)
+        app = DesktopApp(xdisplay, tls_core.host, tls_core.tls_port, tmp_path, *flags)
         apps.append(app)
         return app
 

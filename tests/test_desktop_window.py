@@ -59,7 +59,7 @@ def xdisplay(tmp_path: Path) -> Iterator[str]:
 class DesktopApp:
     """``chatapp.py`` in a subprocess on ``display``, with helpers to drive and inspect it."""
 
-    def __init__(self, display: str, host: str, port: int, tmp_path: Path) -> None:
+    def __init__(self, display: str, host: str, port: int, tmp_path: Path, *flags: str) -> None:
         self.display = display
         self.tmp_path = tmp_path
         self.state_path = tmp_path / "desktop-state.json"
@@ -67,7 +67,7 @@ class DesktopApp:
         self.log_path = tmp_path / "desktop.log"
         log = open(self.log_path, "w")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "chatapp.py"), "--host", host, "--port", str(port)],
+            [sys.executable, str(ROOT / "chatapp.py"), "--host", host, "--port", str(port), *flags],
             cwd=ROOT,
             env={**self.env, "CHAT_DESKTOP_STATE_FILE": str(self.state_path)},
             stdout=log,

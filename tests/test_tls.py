@@ -16,7 +16,6 @@ import ssl
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +42,6 @@ from legacy_socket_server.tls import (
 )
 
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-@pytest.fixture
-def tls_core(tmp_path: Path) -> Iterator[CoreProcess]:
-    """A core with a generated self-signed certificate on its TLS port."""
-    core = CoreProcess(tmp_path / "data", ["--tls-port", "0"]).start(port=0)
-    yield core
-    core.stop()
 
 
 def operator_cert(ca: trustme.CA, directory: Path, *names: str) -> tuple[Path, Path]:
