@@ -266,7 +266,9 @@ async def test_a_core_restart_over_the_websocket(
     await bob.client.send_message("Alice", "after the restart")
     await expect(page.locator(".msg.theirs .text").last).to_have_text("after the restart")
     await expect(page.locator(".msg.theirs .text", has_text="before the restart")).to_have_count(1)
-    assert page.polls == []
+    # A reconnect that found the core still away may have checked the session with one plain
+    # poll (a refused upgrade does not say why); the page never went back to polling for events.
+    assert all("wait_ms" not in q for q in page.polls), page.polls
     assert page.problems == []
     await page.context.close()
 
