@@ -325,7 +325,7 @@ async def test_the_transport_can_be_chosen(
 ) -> None:
     server = await make_web(transport=setting)
     page = await new_page(chromium)
-    # Straight to the login page with the query: the redirect from / does not keep it.
+    # Straight to the login page with the query (the redirect from / keeps it too).
     await page.goto(f"http://{server.host}:{server.port}/login{query}")
     await page.get_by_label("Username").fill("Alice")
     await page.get_by_label("Password").fill("123")
