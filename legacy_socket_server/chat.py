@@ -35,6 +35,7 @@ from .contract import (
     pair_key,
 )
 from .conversations import ConversationIndex
+from .deadlines import Deadlines
 from .events import Entry, EventLog, collect, encoded_size
 from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .login import PasswordLogin
@@ -116,6 +117,8 @@ class ChatService(PasswordLogin, RoomRules):
         #: Presence changes, shared by everyone (each skips its own).
         self._presence = EventLog(keep=PRESENCE_KEEP)
         self._presence_wake: asyncio.TimerHandle | None = None
+        #: When held polls end (one timer per slot, not per poll).
+        self.deadlines: Deadlines[Session] = Deadlines(self.loop, self._held_timeout)
         #: The poll-reply tail of the event being delivered (see ``_answer_with``).
         self._shared_tail: tuple[Entry, int, bytes] | None = None
         self._online: dict[str, set[Session]] = {}
@@ -240,8 +243,8 @@ class ChatService(PasswordLogin, RoomRules):
                 new_cursor,
                 poll_reply_tail(new_cursor, entry.event),
             )
-        base, timer = session.held  # type: ignore[misc]
-        timer.cancel()
+        base, slot = session.held  # type: ignore[misc]
+        self.deadlines.cancel(session, slot)
         session.held = None
         session.cursor = shared[1]
         session.send_packet(poll_reply_packet(base.get("id"), shared[2]))
@@ -358,7 +361,7 @@ class ChatService(PasswordLogin, RoomRules):
             return
         session.closed = True
         if session.held is not None:
-            session.held[1].cancel()
+            self.deadlines.cancel(session, session.held[1])
             session.held = None
         if session.token is not None and not session.exited:
             self.tokens.touch(session.token)
@@ -514,8 +517,8 @@ class ChatService(PasswordLogin, RoomRules):
         wait_ms = get_int(req, "wait_ms", required=False, lo=0, hi=MAX_WAIT_MS) or 0
         if session.held is not None:
             # A newer poll on this connection ends the held one (its events so far: none).
-            held_base, timer = session.held
-            timer.cancel()
+            held_base, slot = session.held
+            self.deadlines.cancel(session, slot)
             session.held = None
             session.send({**held_base, "ok": True, "cursor": session.cursor, "events": []})
         if cursor is None:
@@ -525,8 +528,7 @@ class ChatService(PasswordLogin, RoomRules):
             reply = {"cursor": self.cursor(), "events": [], "reset": True}
         elif not reply["events"] and wait_ms > 0:
             session.cursor = cursor
-            timer = self.loop().call_later(wait_ms / 1000, self._held_timeout, session)
-            session.held = (base, timer)
+            session.held = (base, self.deadlines.add(session, wait_ms / 1000))
             return None
         session.cursor = reply["cursor"]
         return reply
@@ -550,11 +552,11 @@ class ChatService(PasswordLogin, RoomRules):
         return {"cursor": (self.boot << SEQ_BITS) | last, "events": events}
 
     def _answer_held(self, session: Session, even_if_empty: bool = False) -> None:
-        base, timer = session.held  # type: ignore[misc]
+        base, slot = session.held  # type: ignore[misc]
         reply = self._collect(session, session.cursor)
         if reply is not None and not reply["events"] and not even_if_empty:
             return
-        timer.cancel()
+        self.deadlines.cancel(session, slot)
         session.held = None
         if reply is None:
             reply = {"cursor": self.cursor(), "events": [], "reset": True}

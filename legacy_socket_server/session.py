@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,8 @@ class Session:
         self.username: str | None = None
         self.token: str | None = None
         self.cursor = 0
-        self.held: tuple[dict[str, Any], asyncio.TimerHandle] | None = None
+        #: A held poll: its reply's first fields and its slot in ``ChatService.deadlines``.
+        self.held: tuple[dict[str, Any], int] | None = None
         self.closed = False
         self.exited = False
 
