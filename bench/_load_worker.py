@@ -306,22 +306,29 @@ async def login_browsers(cfg: dict[str, Any]) -> dict[str, tuple[Any, int]]:
     return browsers
 
 
+async def log_everyone_in(conn, cfg: dict[str, Any]):
+    """Desktops resume (cheap, in batches), then browsers log in (POST /api/login, bounded
+    concurrency), each step reported to the parent and held until it says go on.
+
+    Returns ``(desktops, browsers, recv)``; ``recv()`` awaits the parent's next message.
+    """
+    loop = asyncio.get_running_loop()
+    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
+    desktops = await resume_desktops(cfg)
+    conn.send(("desktops_ready", None))
+    await recv()
+    browsers = await login_browsers(cfg)
+    conn.send(("browsers_ready", None))
+    await recv()
+    return desktops, browsers, recv
+
+
 async def worker_main(conn, cfg: dict[str, Any]) -> None:
     st = W()
     mode = cfg["mode"]
     ws_session = None
-    loop = asyncio.get_running_loop()
-    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
-
-    # 1. desktops: connect and resume (cheap), in batches
-    desktops = await resume_desktops(cfg)
-    conn.send(("desktops_ready", None))
-    await recv()
-
-    # 2. browsers: POST /api/login with bounded concurrency
-    browsers = await login_browsers(cfg)
-    conn.send(("browsers_ready", None))
-    await recv()
+    # 1-2. desktops resume, browsers log in
+    desktops, browsers, recv = await log_everyone_in(conn, cfg)
 
     # 3. everyone polls (or opens its socket); drain the login storm's presence events
     tasks = []

@@ -65,9 +65,8 @@ from typing import Any
 import _gc_probe
 from _load_worker import (
     loads,
-    login_browsers,
+    log_everyone_in,
     phase,
-    resume_desktops,
     socket_cookie,
     ws_client_session,
     ws_receive,
@@ -233,19 +232,9 @@ async def browser_ws_loop(session, url: str, cookie: str, cursor: int, st: State
 async def worker_main(conn, cfg: dict[str, Any]) -> None:
     st = State()
     ws_session = None
-    loop = asyncio.get_running_loop()
-    recv = lambda: loop.run_in_executor(None, conn.recv)  # noqa: E731
-
-    # 1. desktops: connect and resume with ready-made tokens, in batches
-    desktops = await resume_desktops(cfg)
-    conn.send(("desktops_ready", None))
-    await recv()
-
-    # 2. browsers: POST /api/login (there is no HTTP resume), bounded concurrency
-    browsers = await login_browsers(cfg)
+    # 1-2. desktops resume with ready-made tokens, browsers log in (there is no HTTP resume)
+    desktops, browsers, recv = await log_everyone_in(conn, cfg)
     send_locks = {name: asyncio.Lock() for name in browsers}
-    conn.send(("browsers_ready", None))
-    await recv()
 
     # 3. everyone polls; drain the login wave's presence events, then long-poll
     tasks, idles = [], []
