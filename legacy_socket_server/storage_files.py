@@ -30,13 +30,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True, mode: int | None = None) -> None:
     """Replace ``path`` with ``data``: temp file, (fsync), rename.
 
-    A reader (or a crash) sees the old file or the new one, never a mix.
+    A reader (or a crash) sees the old file or the new one, never a mix. With
+    ``mode`` the file is created with it (a private key is never readable by
+    others, not even briefly); without, as ``open`` makes files.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    if mode is None:
+        f = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+    else:
+        f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb")
+        os.fchmod(f.fileno(), mode)  # a leftover temp file keeps its old mode otherwise
+    with f:
         f.write(data)
         f.flush()
         if fsync:

@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import ipaddress
 import logging
-import os
 import re
 import signal
 import ssl
@@ -25,6 +24,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .storage_files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -165,21 +166,8 @@ def generate_self_signed(cert_path: Path, key_path: Path, names: Sequence[str]) 
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomically(key_path, key_pem, mode=0o600)
-    _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # Created with its final mode: the key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(key_path, key_pem, mode=0o600)
+    atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def ensure_certificate(

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..storage_files import atomic_write
 from ..tls import parse_fingerprint
 
 log = logging.getLogger(__name__)
@@ -121,14 +122,8 @@ def _parse_line(line: str) -> tuple[str | None, str | None]:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    # A crash mid-write leaves the old file or the new one, never half of one.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text.encode("utf-8"))
 
 
 # -- what the view shows --------------------------------------------------------------
