@@ -44,6 +44,18 @@ from legacy_socket_server.tls import (
 FINGERPRINT_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
+def run_python(*argv: object, **env: object) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` in the repository with ``env`` added; its output captured."""
+    return subprocess.run(
+        [sys.executable, *map(str, argv)],
+        cwd=ROOT,
+        env={**os.environ, **{k: str(v) for k, v in env.items()}},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def operator_cert(ca: trustme.CA, directory: Path, *names: str) -> tuple[Path, Path]:
     """A certificate for ``names`` signed by ``ca``: (chain file, key file)."""
     issued = ca.issue_cert(*names)
@@ -106,26 +118,15 @@ async def test_chat_over_tls_with_a_pinned_fingerprint(tls_core: CoreProcess) ->
 
 
 def test_fingerprint_command_prints_what_the_core_logged(tls_core: CoreProcess) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "legacy_socket_server.tls", "fingerprint"],
-        cwd=ROOT,
-        env={**os.environ, "CHAT_DATA_DIR": str(tls_core.data_dir)},
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = run_python(
+        "-m", "legacy_socket_server.tls", "fingerprint", CHAT_DATA_DIR=tls_core.data_dir
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == tls_core.fingerprint
 
 
 def test_fingerprint_command_without_a_certificate_says_how_to_get_one(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "legacy_socket_server.tls", "fingerprint", "--data-dir", tmp_path],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_python("-m", "legacy_socket_server.tls", "fingerprint", "--data-dir", tmp_path)
     assert out.returncode == 1
     assert "--tls-port" in out.stderr and "Traceback" not in out.stderr
 
@@ -346,14 +347,7 @@ async def test_two_thousand_stalled_handshakes_do_not_stop_others_and_are_cut(
     ],
 )
 def test_bad_tls_settings_are_usage_errors(argv: list[str], env: dict, expected: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "server.py", *argv],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    out = run_python("server.py", *argv, **env)
     assert out.returncode == 2
     assert expected in out.stderr and "Traceback" not in out.stderr
 
@@ -361,23 +355,16 @@ def test_bad_tls_settings_are_usage_errors(argv: list[str], env: dict, expected:
 def test_an_unusable_certificate_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
     bad = tmp_path / "cert.pem"
     bad.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "server.py",
-            "--port",
-            "0",
-            "--tls-port",
-            "0",
-            "--tls-cert",
-            bad,
-            "--data-dir",
-            tmp_path / "data",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    out = run_python(
+        "server.py",
+        "--port",
+        "0",
+        "--tls-port",
+        "0",
+        "--tls-cert",
+        bad,
+        "--data-dir",
+        tmp_path / "data",
     )
     assert out.returncode == 2
     assert "not a usable PEM certificate chain" in out.stderr and "Traceback" not in out.stderr
