@@ -10,11 +10,29 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, looked up once (None elsewhere: musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        # The usual name first: find_library runs ldconfig in a subprocess.
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        pass
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def release_free_memory() -> float:
@@ -22,12 +40,8 @@ def release_free_memory() -> float:
 
     Returns the seconds it took: it runs on the event loop, so callers log it.
     """
-    if not sys.platform.startswith("linux"):
-        return 0.0
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # musl and others: no malloc_trim
+    trim = _malloc_trim()
+    if trim is None:
         return 0.0
     started = time.perf_counter()
     trim(0)
