@@ -36,10 +36,10 @@ import secrets
 from typing import Any
 
 from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
-from legacy_socket_server.malloc import release_free_memory
 from legacy_socket_server.tls import ClientTLS
 
 from .buffer import EventBuffer, Poll, encode_event
+from .heap import HeapTrim
 from .limits import (
     MAX_SESSIONS,
     MAX_SESSIONS_PER_ADDRESS,
@@ -67,10 +67,6 @@ ROOM_MESSAGES_SHARED = 256
 #: Tries at pairing a user list with a buffer position before taking the
 #: nearest one (each try that fails means a poll reply crossed the request).
 USERS_PAIRING_TRIES = 5
-#: The heap is trimmed this many seconds after the last of at least TRIM_AFTER_LOGINS
-#: logins (a wave, not one person logging in); a trim takes milliseconds, once.
-TRIM_AFTER_LOGINS = 64
-TRIM_WHEN_QUIET = 5.0
 
 
 class NotLoggedIn(Exception):
@@ -129,9 +125,7 @@ class Gateway:
         self._reaper: asyncio.Task[None] | None = None
         self.closing = False
         self._presence_events: dict[tuple[Any, ...], bytes] = {}
-        #: Logins since the heap was last trimmed, and the pending trim.
-        self._logins_untrimmed = 0
-        self._trim: asyncio.TimerHandle | None = None
+        self._heap = HeapTrim()
         self._room_messages: dict[tuple[Any, ...], bytes] = {}
 
     # -- lifecycle ------------------------------------------------------------------
@@ -146,8 +140,7 @@ class Gateway:
 
     async def close(self) -> None:
         """Log every session out of the core (their tokens die with this process)."""
-        if self._trim is not None:
-            self._trim.cancel()
+        self._heap.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -238,7 +231,7 @@ class Gateway:
         log.info(
             "browser session of %s started (%d sessions)", session.username, len(self.sessions)
         )
-        self._after_login()
+        self._heap.login()
         fields = {"username": name, "users": reply["users"], "rooms": reply.get("rooms", [])}
         return session, {**fields, "cursor": position}
 
@@ -343,26 +336,6 @@ class Gateway:
         finally:
             session.polls_in_flight -= 1
             session.touch()
-
-    def _after_login(self) -> None:
-        """Once a wave of logins is over, hand the memory it freed back to the OS.
-
-        Each login decodes and re-encodes a user list (every user): a wave of N
-        logins leaves N such lists freed in the heap, which glibc keeps, about
-        two thirds of the RSS per browser session (docs/performance.md).
-        """
-        self._logins_untrimmed += 1
-        if self._logins_untrimmed < TRIM_AFTER_LOGINS:
-            return
-        if self._trim is not None:
-            self._trim.cancel()
-        self._trim = asyncio.get_running_loop().call_later(TRIM_WHEN_QUIET, self._trim_heap)
-
-    def _trim_heap(self) -> None:
-        self._trim = None
-        count, self._logins_untrimmed = self._logins_untrimmed, 0
-        took = release_free_memory()
-        log.info("heap trimmed after %d logins in %.1f ms", count, took * 1000)
 
     # -- background work ------------------------------------------------------------------
     def _stream(self, session: BrowserSession, cursor: int) -> asyncio.Future[None]:
