@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from legacy_socket_server.contract import MAX_POLL_EVENTS, SEQ_BITS, SEQ_MASK
 
@@ -52,6 +52,16 @@ class Poll(NamedTuple):
         return b'{"cursor":%d,"events":[%s]%s}' % (self.cursor, b",".join(self.events), reset)
 
 
+class Listener(Protocol):
+    """A reader fed as events arrive (a WebSocket), instead of waiting to be woken."""
+
+    def deliver(self) -> None:
+        """New events were appended: send them now if caught up."""
+
+    def wake(self) -> None:
+        """Something other than new events changed (reset, session end, core lost)."""
+
+
 class EventBuffer:
     """The newest events of one session, with its own cursors and a wake-up signal.
 
@@ -61,7 +71,16 @@ class EventBuffer:
     thousands (a list of 2,000 events is 2,000 references walked every time).
     """
 
-    __slots__ = ("_epoch", "_chunks", "_tail", "_base", "_keep", "_reset_seq", "_changed")
+    __slots__ = (
+        "_epoch",
+        "_chunks",
+        "_tail",
+        "_base",
+        "_keep",
+        "_reset_seq",
+        "_changed",
+        "_listeners",
+    )
 
     #: Events per sealed chunk.
     CHUNK = 64
@@ -75,9 +94,12 @@ class EventBuffer:
         # Seq at which the core last said "reset" (or we reconnected): a tab
         # whose cursor is older missed something it cannot get from us.
         self._reset_seq = 0
-        # One Event per "generation": set and replaced on every change, so any
+        # One Event per "generation": set and dropped on every change, so any
         # number of waiting polls wake together and none consumes the signal.
-        self._changed = asyncio.Event()
+        # Made only when a poll waits (a session read over WebSocket never needs one).
+        self._changed: asyncio.Event | None = None
+        # Sockets fed synchronously on append: a delivery is a write, not a task wake-up.
+        self._listeners: tuple[Listener, ...] = ()
 
     def __len__(self) -> int:
         return len(self._chunks) * self.CHUNK + len(self._tail)
@@ -91,7 +113,15 @@ class EventBuffer:
         if not events:
             return
         self._add(events)
-        self.notify()
+        for listener in self._listeners:
+            listener.deliver()
+        self._wake_polls()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners += (listener,)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
 
     def _add(self, events: list[bytes]) -> None:
         tail, size = self._tail, self.CHUNK
@@ -128,9 +158,15 @@ class EventBuffer:
         self.notify()
 
     def notify(self) -> None:
-        """Wake every waiting poll (new events, a reset, or a lost core)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake every waiting poll and listener (a reset, a lost core, the session's end)."""
+        self._wake_polls()
+        for listener in self._listeners:
+            listener.wake()
+
+    def _wake_polls(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def collect(self, cursor: int | None) -> Poll:
         """The reply to a poll at ``cursor``."""
@@ -148,9 +184,12 @@ class EventBuffer:
         return Poll(self._epoch | (self._base + stop), self._slice(i, stop))
 
     async def changed(self, timeout: float) -> None:
-        """Return at the next :meth:`notify`, or after ``timeout`` seconds."""
+        """Return at the next change (events or :meth:`notify`), or after ``timeout`` seconds."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        event = self._changed
         try:
             async with asyncio.timeout(timeout):
-                await self._changed.wait()
+                await event.wait()
         except TimeoutError:
             pass

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .buffer import EventBuffer
 from .gateway import BrowserSession, Gateway
@@ -61,6 +62,87 @@ def open_socket(max_send_buffer: int = MAX_SEND_BUFFER) -> web.WebSocketResponse
     )
 
 
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented text frame as a server sends it (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        return _LEN1(0x81, n) + payload
+    if n < 1 << 16:
+        return _LEN2(0x81, 126, n) + payload
+    return _LEN3(0x81, 127, n) + payload
+
+
+_LEN1 = struct.Struct("!BB").pack
+_LEN2 = struct.Struct("!BBH").pack
+_LEN3 = struct.Struct("!BBQ").pack
+
+
+class _Socket:
+    """One tab's socket as its session's buffer sees it.
+
+    While the socket is caught up and its queue is short, :meth:`deliver` runs
+    inside the buffer's append and writes the frame at once: a room message to
+    N browser sessions costs N writes, not N task wake-ups and timers. Anything
+    else (a backlog, a reset, the session's end, the keepalive) wakes the
+    socket's own coroutine, :func:`push`.
+    """
+
+    __slots__ = ("ws", "transport", "buf", "cursor", "bound", "last_sent", "busy", "_wake")
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport,
+        buf: EventBuffer,
+        cursor: int | None,
+        bound: int,
+    ) -> None:
+        self.ws = ws
+        self.transport = transport
+        self.buf = buf
+        self.cursor = cursor
+        self.bound = bound
+        self.last_sent = 0.0
+        #: The coroutine is sending or draining itself: deliveries wait for it.
+        self.busy = True
+        self._wake: asyncio.Future[None] | None = None
+
+    def send(self, loop: asyncio.AbstractEventLoop, *, empty: bool = False) -> bool:
+        """Write the frames due from the cursor (one even if empty, with ``empty``); any sent?"""
+        sent = False
+        while not self.transport.is_closing():
+            reply = self.buf.collect(self.cursor)
+            if not (reply.events or reply.reset or empty):
+                break
+            self.transport.write(text_frame(reply.body()))
+            self.cursor, self.last_sent, sent, empty = reply.cursor, loop.time(), True, False
+        return sent
+
+    def deliver(self) -> None:
+        if self.busy or self.ws.closed or self.transport.is_closing():
+            self.wake()
+            return
+        self.send(asyncio.get_running_loop())
+        if self.transport.get_write_buffer_size() > self.bound:
+            self.wake()  # the coroutine decides whether the tab is too slow
+
+    def wake(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def wait(self, timeout: float) -> None:
+        """Until :meth:`wake` or ``timeout`` s; deliveries go on meanwhile."""
+        self._wake = asyncio.get_running_loop().create_future()
+        self.busy = False
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._wake
+        except TimeoutError:
+            pass
+        finally:
+            self.busy, self._wake = True, None
+
+
 async def push(
     gateway: Gateway,
     session: BrowserSession,
@@ -72,14 +154,16 @@ async def push(
 ) -> None:
     """Send the session's events from ``cursor`` until the socket or the session ends."""
     buf = session.buffer
+    sock = _Socket(ws, transport, buf, cursor, max_send_buffer)
     # An open socket is a poll in progress: the idle reaper leaves the session alone.
     session.polls_in_flight += 1
     session.touch()
-    reader = asyncio.create_task(_read(ws, buf), name=f"ws-read-{session.username}")
+    reader = asyncio.create_task(_read(ws, sock), name=f"ws-read-{session.username}")
+    buf.subscribe(sock)
     loop = asyncio.get_running_loop()
-    first = True
-    last_sent = loop.time()
     try:
+        # The first frame at once: the tab learns its cursor (or that it must reload).
+        sock.send(loop, empty=True)
         while not ws.closed and not reader.done():
             if session.ended:
                 await ws.close(code=CLOSE_LOGGED_OUT, message=b"logged out")
@@ -92,22 +176,17 @@ async def push(
                 # its cursor once the session has resumed (the buffer then says reset).
                 await ws.close(code=CLOSE_CORE_AWAY, message=b"core unavailable")
                 return
-            reply = buf.collect(cursor)
-            quiet_for = loop.time() - last_sent
-            if first or reply.events or reply.reset or quiet_for >= keepalive:
-                try:
-                    await ws.send_frame(reply.body(), WSMsgType.TEXT)
-                except ConnectionError:
-                    return
-                if not await _drains(ws, transport, max_send_buffer):
-                    log.info("closing the socket of %s: it does not read", session.username)
-                    await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow", drain=False)
-                    return
-                cursor, first, last_sent = reply.cursor, False, loop.time()
-                if reply.events or reply.reset:
-                    continue  # more may be waiting (a reply holds a bounded number)
-            await buf.changed(keepalive - (loop.time() - last_sent))
+            if transport.is_closing():
+                return
+            if not await _drains(ws, transport, max_send_buffer):
+                log.info("closing the socket of %s: it does not read", session.username)
+                await ws.close(code=CLOSE_TOO_SLOW, message=b"too slow", drain=False)
+                return
+            if not sock.send(loop) and loop.time() - sock.last_sent >= keepalive:
+                sock.send(loop, empty=True)  # a quiet while: an empty frame keeps the tab sure
+            await sock.wait(keepalive - (loop.time() - sock.last_sent))
     finally:
+        buf.unsubscribe(sock)
         session.polls_in_flight -= 1
         session.touch()
         reader.cancel()
@@ -131,10 +210,10 @@ async def _drains(ws: web.WebSocketResponse, transport: asyncio.Transport, bound
     return True
 
 
-async def _read(ws: web.WebSocketResponse, buf: EventBuffer) -> None:
+async def _read(ws: web.WebSocketResponse, sock: _Socket) -> None:
     """Take what the tab sends (pings are answered inside ``receive``) until it closes."""
     try:
         async for _ in ws:
             pass  # the contract has the tab send nothing else; ignore it
     finally:
-        buf.notify()  # wake the sender: the socket is gone
+        sock.wake()  # the socket is gone: its coroutine ends

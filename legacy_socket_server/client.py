@@ -22,7 +22,13 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
+from .protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameDecoder,
+    ProtocolError,
+    encode,
+    poll_request_packet,
+)
 from .tls import ClientTLS, UntrustedCertificate
 
 log = logging.getLogger(__name__)
@@ -252,17 +258,27 @@ class _PollStream:
         self.rid = -1
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     def send(self, cursor: int) -> None:
         self.rid = next(self.client._ids)
-        self.client._write(
-            {"purpose": "poll", "id": self.rid, "cursor": cursor, "wait_ms": self.wait_ms}
+        self.client._transport.write(  # type: ignore[union-attr]
+            poll_request_packet(self.rid, cursor, self.wait_ms)
         )
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(
-            self.wait_ms / 1000 + self.GRACE, self._overdue
-        )
+        loop = asyncio.get_running_loop()
+        # One timer at a time, moved on only when it fires: a poll answered at
+        # once (a busy session) then costs no timer of its own.
+        self._deadline = loop.time() + self.wait_ms / 1000 + self.GRACE
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._check)
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check)
+            return
+        self._timer = None
+        self._overdue()
 
     def answered(self, reply: dict[str, Any]) -> None:
         if self.done.done():

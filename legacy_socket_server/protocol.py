@@ -109,6 +109,13 @@ def poll_reply_packet(rid: int | str | None, tail: bytes) -> bytes:
     return b"$%d%s$" % (len(data), data)
 
 
+def poll_request_packet(rid: int, cursor: int, wait_ms: int) -> bytes:
+    """Exactly what :func:`encode` makes of a ``poll`` request: a client's hot path
+    (the gateway sends one per event each browser session receives)."""
+    data = b'{"purpose":"poll","id":%d,"cursor":%d,"wait_ms":%d}' % (rid, cursor, wait_ms)
+    return b"$%d%s$" % (len(data), data)
+
+
 def encode(obj: dict[str, Any], max_bytes: int | None = None) -> bytes:
     """Serialise one object as a packet.
 

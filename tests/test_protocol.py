@@ -18,6 +18,7 @@ from legacy_socket_server.protocol import (
     encode,
     poll_reply_packet,
     poll_reply_tail,
+    poll_request_packet,
 )
 
 
@@ -300,3 +301,11 @@ def test_the_shared_poll_reply_is_byte_for_byte_the_general_encoding(rid: object
     fast = poll_reply_packet(rid, poll_reply_tail(123 << 32 | 9, event))  # type: ignore[arg-type]
     assert fast == encode(reply)
     assert FrameDecoder().feed(fast) == [json.loads(json.dumps(reply))]
+
+
+@pytest.mark.parametrize(("rid", "cursor"), [(1, 0), (2**40, (123 << 32) | 9), (7, 2**53 - 1)])
+def test_the_poll_request_template_is_byte_for_byte_the_general_encoding(
+    rid: int, cursor: int
+) -> None:
+    request = {"purpose": "poll", "id": rid, "cursor": cursor, "wait_ms": 25_000}
+    assert poll_request_packet(rid, cursor, 25_000) == encode(request)
