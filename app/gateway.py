@@ -39,7 +39,7 @@ from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
 from legacy_socket_server.tls import ClientTLS
 
 from .buffer import EventBuffer, Poll, encode_event
-from .heap import HeapTrim
+from .heap import Heap
 from .limits import (
     MAX_SESSIONS,
     MAX_SESSIONS_PER_ADDRESS,
@@ -125,7 +125,7 @@ class Gateway:
         self._reaper: asyncio.Task[None] | None = None
         self.closing = False
         self._presence_events: dict[tuple[Any, ...], bytes] = {}
-        self._heap = HeapTrim()
+        self._heap = Heap()
         self._room_messages: dict[tuple[Any, ...], bytes] = {}
 
     # -- lifecycle ------------------------------------------------------------------
@@ -245,6 +245,7 @@ class Gateway:
             session.pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await session.pump
+            session.pump = None  # the task's exception would hold the session in a cycle
         try:
             await session.client.exit()
         except CoreUnavailable:
@@ -256,6 +257,7 @@ class Gateway:
         session.ended = True
         if self.sessions.pop(session.sid, None) is not None:
             self.caps.remove(session.username, session.address)
+            self._heap.ended()
 
     # -- forwarding ------------------------------------------------------------------------
     async def call(self, session: BrowserSession, purpose: str, **fields: Any) -> dict[str, Any]:

@@ -134,6 +134,7 @@ class CoreClient(asyncio.Protocol):
         self._waiting.clear()
         if self._stream is not None:
             self._stream.stop(err)
+            self._stream = None  # it points back here: no cycle left for the GC
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -242,6 +243,10 @@ class CoreClient(asyncio.Protocol):
         await self.close()
 
 
+def _ignore_reply(reply: dict[str, Any]) -> None:
+    """A stopped stream's callback."""
+
+
 class _PollStream:
     """The state of :meth:`CoreClient.stream_polls`: the open poll's id and its deadline."""
 
@@ -304,5 +309,8 @@ class _PollStream:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        # The callback usually holds its owner (a gateway session holding this
+        # connection): let go of it so the pair is freed without the cyclic GC.
+        self.on_reply = _ignore_reply
         if not self.done.done():
             self.done.set_exception(exc)

@@ -1,0 +1,99 @@
+"""What an ended browser session leaves to the cyclic GC.
+
+The web app freezes its heap after a wave of logins (app/heap.py): frozen
+objects that become cyclic garbage wait for the next full collection, so a
+session's own objects must be freed by reference counting when it ends.
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import weakref
+from typing import Any
+
+from waiting import until
+from web_helpers import (  # noqa: F401 - fixtures
+    MakeWeb,
+    fixture_make_web,
+    fixture_tcp,
+    login,
+)
+
+from app.heap import AFTER_LOGINS, THAW_SHARE, Heap
+from app.web import GATEWAY_KEY
+
+OUR_MODULES = ("app.", "legacy_socket_server.")
+
+
+def cyclic_garbage() -> list[Any]:
+    """What a full collection would find unreachable now (left in place, then let go)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+async def test_ended_sessions_leave_none_of_our_objects_to_the_cyclic_gc(
+    make_web: MakeWeb, aiohttp_client: Any, tcp: Any
+) -> None:
+    server = await make_web(idle_timeout=0.5)
+    web = await aiohttp_client(server)
+    gateway = server.app[GATEWAY_KEY]
+    bob = await tcp("Bob")
+    gc.collect()
+    gc.freeze()  # what existed before is out of sight, as after the app's own freeze
+    try:
+        for _ in range(3):  # logged out while its socket is open
+            cursor = (await login(web, "Alice"))["cursor"]
+            async with web.ws_connect(f"/api/ws?cursor={cursor}") as ws:
+                await ws.receive_json()
+                await bob.client.send_message("Alice", "hi")
+                assert (await ws.receive_json())["events"]
+                assert (await web.post("/api/logout", json={})).status == 204
+                assert (await ws.receive()).data == 4401
+            await until(lambda: not gateway.sessions)
+        # Ended by the idle reaper after polling over HTTP.
+        cursor = (await login(web, "Alice"))["cursor"]
+        assert (await web.get(f"/api/poll?cursor={cursor}")).status == 200
+        await until(lambda: not gateway.sessions, timeout=10)
+        garbage = cyclic_garbage()
+    finally:
+        gc.unfreeze()
+    ours = collections.Counter(
+        type(o).__qualname__ for o in garbage if type(o).__module__.startswith(OUR_MODULES)
+    )
+    assert not ours, f"cycles of ours among {len(garbage)} unreachable objects: {ours}"
+
+
+class Node:
+    """A container that can be in a cycle and be watched with a weak reference."""
+
+    other: Node | None = None
+
+
+async def test_the_heap_is_frozen_after_a_wave_and_collected_once_enough_sessions_ended() -> None:
+    heap = Heap(when_quiet=0.05)
+    a, b = Node(), Node()
+    a.other, b.other = b, a  # a cycle that exists when the wave settles
+    gone = weakref.ref(a)
+    try:
+        for _ in range(AFTER_LOGINS):
+            heap.login()
+        await until(lambda: gc.get_freeze_count() > 0, what="the heap frozen after the wave")
+        del a, b
+        gc.collect()
+        assert gone() is not None  # frozen garbage waits: collections skip it
+        for _ in range(max(AFTER_LOGINS, AFTER_LOGINS // THAW_SHARE) - 1):
+            heap.ended()
+        gc.collect(0)
+        assert gone() is not None  # not yet enough sessions ended
+        heap.ended()
+        await until(lambda: gone() is None, what="a full collection after sessions ended")
+        assert gc.get_freeze_count() > 0  # and frozen again
+    finally:
+        heap.stop()
+        gc.unfreeze()
