@@ -350,7 +350,7 @@ class Gateway:
                 session.buffer.reset()
             session.buffer.append([self._shared(e) for e in reply["events"]])
 
-        return session.client.stream_polls(cursor, CORE_WAIT_MS, on_reply)
+        return session.client.stream_polls(cursor, CORE_WAIT_MS, on_reply, stream=True)
 
     async def _pump(self, session: BrowserSession, stream: asyncio.Future[None]) -> None:
         """Watch the session's poll stream; reconnect and resume when it ends."""

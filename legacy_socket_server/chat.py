@@ -247,7 +247,10 @@ class ChatService(PasswordLogin, RoomRules):
         self.deadlines.cancel(session, slot)
         session.held = None
         session.cursor = shared[1]
-        session.send_packet(poll_reply_packet(base.get("id"), shared[2]))
+        stream = session.stream_wait is not None
+        session.send_packet(poll_reply_packet(base.get("id"), shared[2], stream))
+        if stream:
+            self._hold(session, base)
         return True
 
     # -- entry point --------------------------------------------------------------
@@ -515,12 +518,18 @@ class ChatService(PasswordLogin, RoomRules):
     def _poll(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
         cursor = get_int(req, "cursor", required=False, lo=0)
         wait_ms = get_int(req, "wait_ms", required=False, lo=0, hi=MAX_WAIT_MS) or 0
+        stream = get_bool(req, "stream", required=False)
+        if stream and wait_ms == 0:
+            raise BadRequest("a stream needs wait_ms (its keepalive)")
         if session.held is not None:
             # A newer poll on this connection ends the held one (its events so far: none).
             held_base, slot = session.held
             self.deadlines.cancel(session, slot)
             session.held = None
             session.send({**held_base, "ok": True, "cursor": session.cursor, "events": []})
+        session.stream_wait = wait_ms / 1000 if stream else None
+        if stream:
+            base["stream"] = True
         if cursor is None:
             cursor = session.cursor
         reply = self._collect(session, cursor)
@@ -528,10 +537,25 @@ class ChatService(PasswordLogin, RoomRules):
             reply = {"cursor": self.cursor(), "events": [], "reset": True}
         elif not reply["events"] and wait_ms > 0:
             session.cursor = cursor
-            session.held = (base, self.deadlines.add(session, wait_ms / 1000))
+            self._hold(session, base, wait_ms / 1000)
             return None
         session.cursor = reply["cursor"]
+        if stream:
+            # Answered now (the reply goes out on return) and held again from its cursor;
+            # events beyond this reply's bound answer the stream at the next turn.
+            self._hold(session, base)
+            self.loop().call_soon(self._stream_more, session)
         return reply
+
+    def _hold(self, session: Session, base: dict[str, Any], wait: float | None = None) -> None:
+        """Hold ``session``'s poll (``base``: its reply's first fields) for ``wait`` s,
+        or, for a stream, for its keepalive."""
+        session.held = (base, self.deadlines.add(session, wait or session.stream_wait))  # type: ignore[arg-type]
+
+    def _stream_more(self, session: Session) -> None:
+        """A stream's reply may have stopped at the bound of one reply: send the rest."""
+        if session.held is not None and session.stream_wait is not None:
+            self._answer_held(session)
 
     def _collect(self, session: Session, cursor: int) -> dict[str, Any] | None:
         """Events after ``cursor`` (None if the cursor is unknown or too old)."""
@@ -562,6 +586,10 @@ class ChatService(PasswordLogin, RoomRules):
             reply = {"cursor": self.cursor(), "events": [], "reset": True}
         session.cursor = reply["cursor"]
         session.send({**base, "ok": True, **reply})
+        if session.stream_wait is not None:
+            self._hold(session, base)
+            if reply["events"]:
+                self.loop().call_soon(self._stream_more, session)
 
     def _held_timeout(self, session: Session) -> None:
         if session.held is None:
@@ -578,6 +606,8 @@ class ChatService(PasswordLogin, RoomRules):
             # between the held cursor and now is for this session.
             session.cursor = self.cursor()
         session.send({**base, "ok": True, "cursor": session.cursor, "events": []})
+        if session.stream_wait is not None:
+            self._hold(session, base)  # the empty reply was the stream's keepalive
 
     _handlers: dict[str, Callable[..., Any]] = {
         "login": PasswordLogin._login,

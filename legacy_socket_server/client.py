@@ -179,21 +179,29 @@ class CoreClient(asyncio.Protocol):
             self._stamped.pop(rid, None)
 
     def stream_polls(
-        self, cursor: int, wait_ms: int, on_reply: Callable[[dict[str, Any]], None]
+        self,
+        cursor: int,
+        wait_ms: int,
+        on_reply: Callable[[dict[str, Any]], None],
+        *,
+        stream: bool = False,
     ) -> asyncio.Future[None]:
         """Keep one held ``poll`` open until the connection ends.
 
         ``on_reply(reply)`` runs as soon as each poll reply is decoded, before
         any later reply is looked at, and the next poll (from the reply's
-        cursor) is written before anything else can be. The returned future
-        fails with :class:`CoreUnavailable` when the connection is lost (or a
-        reply is overdue) and with :class:`CoreError` when the core refuses a poll.
+        cursor) is written before anything else can be. With ``stream`` the
+        poll asks the core to stay held after each answer (docs/protocol.md#push-stream):
+        no next poll to write, and a core that does not stream is polled again
+        as without it. The returned future fails with :class:`CoreUnavailable`
+        when the connection is lost (or a reply is overdue) and with
+        :class:`CoreError` when the core refuses a poll.
         """
         if not self.is_open:
             raise CoreUnavailable("not connected to the core")
         if self._stream is not None:
             raise RuntimeError("this connection already streams polls")
-        self._stream = _PollStream(self, wait_ms, on_reply)
+        self._stream = _PollStream(self, wait_ms, on_reply, stream)
         self._stream.send(cursor)
         return self._stream.done
 
@@ -255,11 +263,16 @@ class _PollStream:
     GRACE = 10.0
 
     def __init__(
-        self, client: CoreClient, wait_ms: int, on_reply: Callable[[dict[str, Any]], None]
+        self,
+        client: CoreClient,
+        wait_ms: int,
+        on_reply: Callable[[dict[str, Any]], None],
+        stream: bool = False,
     ) -> None:
         self.client = client
         self.wait_ms = wait_ms
         self.on_reply = on_reply
+        self.stream = stream
         self.rid = -1
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
@@ -268,8 +281,12 @@ class _PollStream:
     def send(self, cursor: int) -> None:
         self.rid = next(self.client._ids)
         self.client._transport.write(  # type: ignore[union-attr]
-            poll_request_packet(self.rid, cursor, self.wait_ms)
+            poll_request_packet(self.rid, cursor, self.wait_ms, self.stream)
         )
+        self._expect_reply()
+
+    def _expect_reply(self) -> None:
+        """The next reply is due within ``wait_ms`` (a held poll's end, or a stream's keepalive)."""
         loop = asyncio.get_running_loop()
         # One timer at a time, moved on only when it fires: a poll answered at
         # once (a busy session) then costs no timer of its own.
@@ -297,7 +314,9 @@ class _PollStream:
             log.exception("poll stream callback failed")
             self.stop(exc)
             return
-        if self.client.is_open:
+        if self.stream and reply.get("stream"):
+            self._expect_reply()  # the core holds the poll again by itself
+        elif self.client.is_open:
             self.send(reply["cursor"])
 
     def _overdue(self) -> None:

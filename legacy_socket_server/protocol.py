@@ -98,8 +98,10 @@ def poll_reply_tail(cursor: int, event: PreEncoded) -> bytes:
     return b'"ok":true,"cursor":%d,"events":[%s]}' % (cursor, event.json)
 
 
-def poll_reply_packet(rid: int | str | None, tail: bytes) -> bytes:
-    """A framed poll reply: the request's ``id`` (if it had one) and a shared tail."""
+def poll_reply_packet(rid: int | str | None, tail: bytes, stream: bool = False) -> bytes:
+    """A framed poll reply: the request's ``id`` (if it had one), ``stream``, a shared tail."""
+    if stream:
+        tail = b'"stream":true,' + tail
     if rid is None:
         data = b'{"purpose":"poll",' + tail
     elif type(rid) is int:
@@ -109,10 +111,15 @@ def poll_reply_packet(rid: int | str | None, tail: bytes) -> bytes:
     return b"$%d%s$" % (len(data), data)
 
 
-def poll_request_packet(rid: int, cursor: int, wait_ms: int) -> bytes:
-    """Exactly what :func:`encode` makes of a ``poll`` request: a client's hot path
-    (the gateway sends one per event each browser session receives)."""
-    data = b'{"purpose":"poll","id":%d,"cursor":%d,"wait_ms":%d}' % (rid, cursor, wait_ms)
+def poll_request_packet(rid: int, cursor: int, wait_ms: int, stream: bool = False) -> bytes:
+    """Exactly what :func:`encode` makes of a ``poll`` request (``stream`` last, if asked):
+    a client's hot path (a client without ``stream`` sends one per reply)."""
+    data = b'{"purpose":"poll","id":%d,"cursor":%d,"wait_ms":%d%s}' % (
+        rid,
+        cursor,
+        wait_ms,
+        b',"stream":true' if stream else b"",
+    )
     return b"$%d%s$" % (len(data), data)
 
 

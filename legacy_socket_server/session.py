@@ -37,6 +37,8 @@ class Session:
         self.cursor = 0
         #: A held poll: its reply's first fields and its slot in ``ChatService.deadlines``.
         self.held: tuple[dict[str, Any], int] | None = None
+        #: A held poll with ``stream``: held again after each answer, its keepalive in s.
+        self.stream_wait: float | None = None
         self.closed = False
         self.exited = False
 

@@ -290,22 +290,32 @@ def test_any_split_of_valid_stream_round_trips(objs: list[dict[str, Any]], cuts:
     assert got == objs
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("rid", [7, 2**40, "tab-1", 'quote " and é', None])
-def test_the_shared_poll_reply_is_byte_for_byte_the_general_encoding(rid: object) -> None:
+def test_the_shared_poll_reply_is_byte_for_byte_the_general_encoding(
+    rid: object, stream: bool
+) -> None:
     event = PreEncoded(
         {"type": "message", "message": {"id": 9, "from": "Bob", "room": "general", "text": "hé"}}
     )
-    reply: dict = {"purpose": "poll", "ok": True, "cursor": 123 << 32 | 9, "events": [event]}
+    base: dict = {"purpose": "poll"}
     if rid is not None:
-        reply = {"purpose": "poll", "id": rid, **{k: v for k, v in reply.items() if k != "purpose"}}
-    fast = poll_reply_packet(rid, poll_reply_tail(123 << 32 | 9, event))  # type: ignore[arg-type]
+        base["id"] = rid
+    if stream:
+        base["stream"] = True
+    reply = {**base, "ok": True, "cursor": 123 << 32 | 9, "events": [event]}
+    tail = poll_reply_tail(123 << 32 | 9, event)
+    fast = poll_reply_packet(rid, tail, stream)  # type: ignore[arg-type]
     assert fast == encode(reply)
     assert FrameDecoder().feed(fast) == [json.loads(json.dumps(reply))]
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("rid", "cursor"), [(1, 0), (2**40, (123 << 32) | 9), (7, 2**53 - 1)])
 def test_the_poll_request_template_is_byte_for_byte_the_general_encoding(
-    rid: int, cursor: int
+    rid: int, cursor: int, stream: bool
 ) -> None:
-    request = {"purpose": "poll", "id": rid, "cursor": cursor, "wait_ms": 25_000}
-    assert poll_request_packet(rid, cursor, 25_000) == encode(request)
+    request: dict = {"purpose": "poll", "id": rid, "cursor": cursor, "wait_ms": 25_000}
+    if stream:
+        request["stream"] = True
+    assert poll_request_packet(rid, cursor, 25_000, stream) == encode(request)
