@@ -5,9 +5,10 @@ Two costs grow with the number of browser sessions (docs/performance.md):
 * **GC pauses.** Each session keeps ~100 container objects alive (aiohttp's
   handler chain for its socket, tasks, coroutines, the core connection). A full
   collection walks all of them: ~300 ms at 5,000 sessions, every time enough
-  new objects have survived, whatever the traffic. Once a wave of logins has
-  settled, :func:`gc.freeze` moves what exists into the permanent generation,
-  which collections skip: later collections walk only what came after.
+  new objects have survived, whatever the traffic. Every AFTER_LOGINS logins
+  (and once a wave of logins has settled), :func:`gc.freeze` moves what exists
+  into the permanent generation, which collections skip: later collections
+  walk only what came after, at most AFTER_LOGINS sessions' worth during a wave.
 * **Freed memory glibc keeps.** Each login decodes and re-encodes a list of every
   user; ``malloc_trim`` hands what the wave freed back to the OS.
 
@@ -46,6 +47,7 @@ class Heap:
     def __init__(self, when_quiet: float = WHEN_QUIET) -> None:
         self.when_quiet = when_quiet
         self._logins = 0
+        self._since_freeze = 0
         self._ended = 0
         self._frozen_sessions = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -54,8 +56,18 @@ class Heap:
     def login(self) -> None:
         self.sessions += 1
         self._logins += 1
+        self._since_freeze += 1
+        if self._since_freeze >= AFTER_LOGINS:
+            self._freeze()  # during a wave too: a full collection never walks more
         if self._logins >= AFTER_LOGINS:
             self._later(self._settle)
+
+    def _freeze(self) -> None:
+        """Collect the young generations (cheap), put everything else out of the GC's sight."""
+        gc.collect(1)
+        gc.freeze()
+        self._frozen_sessions = self.sessions
+        self._since_freeze = 0
 
     def ended(self) -> None:
         self.sessions -= 1
@@ -75,9 +87,7 @@ class Heap:
         self._timer = None
         count, self._logins = self._logins, 0
         start = time.perf_counter()
-        gc.collect(1)
-        gc.freeze()
-        self._frozen_sessions = self.sessions
+        self._freeze()
         took = time.perf_counter() - start
         trimmed = release_free_memory()
         log.info(
@@ -97,6 +107,7 @@ class Heap:
         found = gc.collect()
         gc.freeze()
         self._frozen_sessions = self.sessions
+        self._since_freeze = 0
         took = time.perf_counter() - start
         trimmed = release_free_memory()
         log.info(
