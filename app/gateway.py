@@ -360,6 +360,8 @@ class Gateway:
             except (CoreUnavailable, CoreError) as exc:
                 if isinstance(exc, CoreError):
                     log.warning("core refused a poll for %s: %s", session.username, exc)
+                else:
+                    log.info("core connection of %s lost: %s", session.username, exc)
                 await session.client.close()
             session.connected = False
             session.buffer.notify()

@@ -104,6 +104,8 @@ class CoreClient(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._stream is not None:
+            self._stream.heard()
         for item in self._decoder.feed(data):
             if isinstance(item, ProtocolError):
                 log.warning("core sent an unusable packet: %s", item.message)
@@ -261,6 +263,8 @@ class _PollStream:
     #: A held poll is answered by ``wait_ms``; past that plus this, the
     #: connection is dead even without a FIN.
     GRACE = 10.0
+    #: After the deadline, how long the loop gets to read what may have arrived.
+    CONFIRM = 0.5
 
     def __init__(
         self,
@@ -277,6 +281,7 @@ class _PollStream:
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._confirming = False
 
     def send(self, cursor: int) -> None:
         self.rid = next(self.client._ids)
@@ -294,10 +299,23 @@ class _PollStream:
         if self._timer is None:
             self._timer = loop.call_at(self._deadline, self._check)
 
+    def heard(self) -> None:
+        """Bytes arrived on the connection: it is alive, whatever they answer."""
+        self._deadline = max(
+            self._deadline, asyncio.get_running_loop().time() + self.wait_ms / 1000 + self.GRACE
+        )
+
     def _check(self) -> None:
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
+            self._confirming = False
             self._timer = loop.call_at(self._deadline, self._check)
+            return
+        if not self._confirming:
+            # A busy loop runs due timers before it reads its sockets: a reply
+            # may be waiting unread. Judge after one more pass over the sockets.
+            self._confirming = True
+            self._timer = loop.call_later(self.CONFIRM, self._check)
             return
         self._timer = None
         self._overdue()

@@ -6,12 +6,17 @@ comes as one more reply with the same ``id``, with no poll in between.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
+import pytest
+import uvloop
+from conftest import CoreProcess
 from core_helpers import DEMO, RawClient
 from waiting import until
 
-from legacy_socket_server.client import CoreClient
+from legacy_socket_server.client import CoreClient, CoreUnavailable, _PollStream
 from legacy_socket_server.server import CoreServer
 
 
@@ -113,3 +118,57 @@ async def test_the_client_streams_without_sending_another_poll(core: CoreServer)
     assert not done.done()
     await alice.close()
     await bob.close()
+
+
+def test_a_reply_waiting_unread_behind_a_busy_loop_is_not_taken_for_a_dead_core(
+    core_proc: CoreProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop runs due timers before it reads its sockets: after the loop was busy past
+    a stream's deadline, the keepalive waiting in the socket must still count."""
+    monkeypatch.setattr(_PollStream, "GRACE", 0.2)
+
+    async def main() -> list[dict[str, Any]]:
+        alice = await CoreClient.connect(core_proc.host, core_proc.port)
+        bob = await CoreClient.connect(core_proc.host, core_proc.port)
+        alice_cursor = (await alice.login("Alice", DEMO["Alice"]))["cursor"]
+        bob_cursor = (await bob.login("Bob", DEMO["Bob"]))["cursor"]
+        replies: list[dict[str, Any]] = []
+        bobs: list[dict[str, Any]] = []
+
+        def bob_reply(reply: dict[str, Any]) -> None:
+            bobs.append(reply)
+            if len(bobs) == 2:
+                # Busy reading another connection (as with a storm of big replies):
+                # Alice's keepalive arrives meanwhile and her 0.5 s deadline passes.
+                time.sleep(1.0)
+
+        done = alice.stream_polls(alice_cursor, 300, replies.append, stream=True)
+        bob.stream_polls(bob_cursor, 200, bob_reply, stream=True)
+        await until(lambda: len(replies) >= 4, what="keepalives after the busy spell")
+        assert len(bobs) >= 2
+        assert not done.done(), done.exception()
+        await alice.close()
+        await bob.close()
+        return replies
+
+    replies = uvloop.run(main())
+    assert all(r["stream"] is True for r in replies)
+
+
+async def test_a_core_that_goes_silent_is_noticed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PollStream, "GRACE", 0.2)
+    peers: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peers.append(writer)  # reads nothing, answers nothing, never closes
+        await reader.read(1 << 16)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await CoreClient.connect("127.0.0.1", port)
+    done = client.stream_polls(0, 300, lambda r: None, stream=True)
+    with pytest.raises(CoreUnavailable, match="no poll reply"):
+        await asyncio.wait_for(done, 5)
+    server.close()
+    for w in peers:
+        w.close()
