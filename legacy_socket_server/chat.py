@@ -331,9 +331,11 @@ class ChatService(PasswordLogin, RoomRules):
         }
 
     def _broadcast_presence(self, name: str, online: bool) -> None:
-        event = {"type": "presence", "username": name, "online": online}
+        # Encoded once: every session receives it, and a session catching up after a
+        # wave of logins gets 500 of them per reply, spliced rather than encoded.
+        event = PreEncoded({"type": "presence", "username": name, "online": online})
         self._seq += 1
-        self._presence.append(Entry(self._seq, event, name, encoded_size(event)))
+        self._presence.append(Entry(self._seq, event, name, len(event.json)))
         # Every held poll wants to hear it: waking them all per change made a
         # wave of N logins O(N^2) replies. One wake-up pass per short window
         # delivers all the window's changes at once.
