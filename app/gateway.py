@@ -253,6 +253,10 @@ class Gateway:
             log.info("could not send exit for %s: core unreachable", session.username)
         log.info("browser session of %s ended (%d sessions)", session.username, len(self.sessions))
 
+    def socket_closed(self) -> None:
+        """A tab's WebSocket ended: its connection's cycles count towards a full collection."""
+        self._heap.socket_closed()
+
     def _forget(self, session: BrowserSession) -> None:
         session.ended = True
         if self.sessions.pop(session.sid, None) is not None:

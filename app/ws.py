@@ -187,6 +187,7 @@ async def push(
             await sock.wait(keepalive - (loop.time() - sock.last_sent))
     finally:
         buf.unsubscribe(sock)
+        gateway.socket_closed()
         session.polls_in_flight -= 1
         session.touch()
         reader.cancel()

@@ -81,7 +81,8 @@ def _install(stats: _Stats) -> None:
             stats.max_ms[g] = ms
         if ms >= LOG_MS:
             print(
-                f"gc gen{g} pause {ms:.0f} ms (collected {info['collected']})",
+                f"gc gen{g} pause {ms:.0f} ms (collected {info['collected']}) "
+                f"at {time.strftime('%H:%M:%S')}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -299,6 +299,13 @@ def run_point(args, mode: str, n: int, target: str = "gateway") -> dict[str, Any
             m1 = machine_cpu()
             gc_window = probe.mark() if probe else None
             rss = {"core": rss_kib(core.pid), "web": rss_kib(web_pid)}
+            if probe and args.census:
+                # What the window left for the GC to walk (the census counts only
+                # objects outside the frozen generation).
+                grown = census_per_session(
+                    census, probe.census(Path(tmp) / "window.json"), len(brow)
+                )
+                memory += "\nafter the window, compared with before it:\n" + grown
             rss_web_trimmed = rss["web"]
             if probe:
                 # What the live objects hold, without the login storm's freed memory

@@ -75,25 +75,47 @@ class Node:
     other: Node | None = None
 
 
-async def test_the_heap_is_frozen_after_a_wave_and_collected_once_enough_sessions_ended() -> None:
-    heap = Heap(when_quiet=0.05)
+async def test_the_heap_is_frozen_while_sessions_exist_and_collected_once_enough_ended() -> None:
+    heap = Heap(when_quiet=0.05, freeze_every=0.05)
     a, b = Node(), Node()
-    a.other, b.other = b, a  # a cycle that exists when the wave settles
+    a.other, b.other = b, a  # a cycle that exists when the heap is frozen
     gone = weakref.ref(a)
     try:
-        for _ in range(AFTER_LOGINS):
-            heap.login()
-        await until(lambda: gc.get_freeze_count() > 0, what="the heap frozen after the wave")
-        del a, b
+        heap.login()
+        await until(lambda: gc.get_freeze_count() > 0, what="the heap frozen with one session")
+        frozen = gc.get_freeze_count()
+        c, d = Node(), Node()
+        c.other, d.other = d, c  # made later: frozen at the next period
+        later = weakref.ref(c)
+        await until(lambda: gc.get_freeze_count() > frozen, what="the next period's freeze")
+        del a, b, c, d
         gc.collect()
-        assert gone() is not None  # frozen garbage waits: collections skip it
-        for _ in range(max(AFTER_LOGINS, AFTER_LOGINS // THAW_SHARE) - 1):
-            heap.ended()
+        # Frozen garbage waits: collections skip it.
+        assert gone() is not None and later() is not None
+        for _ in range(1, AFTER_LOGINS):
+            heap.login()
+        # Half of them end, half close a socket: together a thaw's worth.
+        need = max(AFTER_LOGINS, heap.sessions // THAW_SHARE)
+        for i in range(need - 1):
+            heap.ended() if i % 2 else heap.socket_closed()
         gc.collect(0)
         assert gone() is not None  # not yet enough sessions ended
-        heap.ended()
+        heap.socket_closed()
         await until(lambda: gone() is None, what="a full collection after sessions ended")
+        await until(lambda: later() is None, what="the later cycle collected as well")
         assert gc.get_freeze_count() > 0  # and frozen again
+    finally:
+        heap.stop()
+        gc.unfreeze()
+
+
+async def test_the_periodic_freeze_stops_when_the_last_session_ends() -> None:
+    heap = Heap(when_quiet=0.05, freeze_every=0.02)
+    try:
+        heap.login()
+        await until(lambda: gc.get_freeze_count() > 0, what="the first freeze")
+        heap.ended()
+        await until(lambda: heap._freezer is None, what="the freezer stopped")
     finally:
         heap.stop()
         gc.unfreeze()
