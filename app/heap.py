@@ -7,9 +7,11 @@ Two costs grow with the number of browser sessions (docs/performance.md):
   keep-alive HTTP connection ~45 more. A full collection walks every object not
   frozen: ~300 ms at 10,000 users, and CPython runs one whenever enough objects
   have survived the young generations, whatever the traffic. So while sessions
-  exist, every FREEZE_EVERY seconds the young generations are collected (cheap:
-  only what is new) and what survives is frozen with :func:`gc.freeze`: the
-  automatic full collections then walk at most that interval's survivors.
+  exist, every FREEZE_EVERY seconds, and after every FREEZE_AFTER logins or new
+  sockets (a storm of reconnecting tabs opens thousands a second), the young
+  generations are collected (cheap: only what is new) and what survives is
+  frozen with :func:`gc.freeze`: the automatic full collections then walk at
+  most that many sessions' or that interval's survivors.
 * **Freed memory glibc keeps.** Each login decodes and re-encodes a list of every
   user; ``malloc_trim`` hands what a wave of logins freed back to the OS.
 
@@ -43,6 +45,9 @@ WHEN_QUIET = 5.0
 #: 10,000 users one second of survivors (new keep-alive connections, mostly) is
 #: what a full collection walks in well under 50 ms.
 FREEZE_EVERY = 1.0
+#: ... and after this many logins or new sockets, whichever comes first (a
+#: socket's objects cost a full collection ~35 µs each).
+FREEZE_AFTER = 128
 #: Collect in full once this share of the live sessions have ended or closed a
 #: socket (and at least AFTER_LOGINS): the frozen garbage stays below that share.
 THAW_SHARE = 4
@@ -56,6 +61,7 @@ class Heap:
         self.freeze_every = freeze_every
         self._logins = 0
         self._released = 0
+        self._young = 0
         self._settle_timer: asyncio.TimerHandle | None = None
         self._thaw_timer: asyncio.TimerHandle | None = None
         self._freezer: asyncio.TimerHandle | None = None
@@ -66,10 +72,20 @@ class Heap:
     def login(self) -> None:
         self.sessions += 1
         self._logins += 1
-        if self._freezer is None:
-            self._freezer = self._call_later(self.freeze_every, self._freeze)
+        self._arrived()
         if self._logins >= AFTER_LOGINS:
             self._settle_timer = self._replace(self._settle_timer, self.when_quiet, self._settle)
+
+    def socket_opened(self) -> None:
+        """A tab opened a WebSocket (its handler chain lives as long as the socket)."""
+        self._arrived()
+
+    def _arrived(self) -> None:
+        if self._freezer is None:
+            self._freezer = self._call_later(self.freeze_every, self._tick)
+        self._young += 1
+        if self._young >= FREEZE_AFTER:
+            self._freeze()
 
     def ended(self) -> None:
         """A browser session ended."""
@@ -101,9 +117,13 @@ class Heap:
         start = time.perf_counter()
         gc.collect(1)
         gc.freeze()
+        self._young = 0
         self.longest_freeze = max(self.longest_freeze, time.perf_counter() - start)
+
+    def _tick(self) -> None:
+        self._freeze()
         self._freezer = (
-            self._call_later(self.freeze_every, self._freeze) if self.sessions > 0 else None
+            self._call_later(self.freeze_every, self._tick) if self.sessions > 0 else None
         )
 
     def _settle(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import resource
 import runpy
@@ -44,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Pauses this long are logged one by one (the aim is no pause over 50 ms).
 LOG_MS = 20.0
+#: With GCPROBE_EXPLAIN=1, full collections this long are followed by a census.
+EXPLAIN_MS = 50.0
 
 
 class _Stats:
@@ -86,8 +89,29 @@ def _install(stats: _Stats) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+            if g == 2 and ms >= EXPLAIN_MS and os.environ.get("GCPROBE_EXPLAIN"):
+                _explain()
 
     gc.callbacks.append(on_gc)
+
+
+def _explain() -> None:
+    """What the full collection just walked: the tracked objects outside the frozen ones.
+
+    A diagnostic (``GCPROBE_EXPLAIN=1``): it stalls the process as long as a census.
+    """
+    counts: dict[str, list[int]] = {}
+    for obj in gc.get_objects():
+        t = type(obj)
+        c = counts.setdefault(f"{t.__module__}.{t.__qualname__}", [0, 0])
+        c[0] += 1
+        c[1] += len(gc.get_referents(obj))
+    top = sorted(counts.items(), key=lambda kv: -kv[1][1])[:10]
+    print(
+        f"  walked: {sum(v[0] for v in counts.values())} objects; by references: {top}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _commands(stats: _Stats) -> None:

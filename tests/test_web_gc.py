@@ -20,7 +20,7 @@ from web_helpers import (  # noqa: F401 - fixtures
     login,
 )
 
-from app.heap import AFTER_LOGINS, THAW_SHARE, Heap
+from app.heap import AFTER_LOGINS, FREEZE_AFTER, THAW_SHARE, Heap
 from app.web import GATEWAY_KEY
 
 OUR_MODULES = ("app.", "legacy_socket_server.")
@@ -116,6 +116,30 @@ async def test_the_periodic_freeze_stops_when_the_last_session_ends() -> None:
         await until(lambda: gc.get_freeze_count() > 0, what="the first freeze")
         heap.ended()
         await until(lambda: heap._freezer is None, what="the freezer stopped")
+    finally:
+        heap.stop()
+        gc.unfreeze()
+
+
+async def test_a_storm_of_new_sockets_is_frozen_in_batches_without_waiting_for_the_period() -> None:
+    heap = Heap(when_quiet=60, freeze_every=60)
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    try:
+        heap.login()
+        for _ in range(FREEZE_AFTER - 2):
+            heap.socket_opened()
+        del a, b
+        gc.collect()
+        assert gone() is None  # not frozen yet: an ordinary collection frees the cycle
+        c, d = Node(), Node()
+        c.other, d.other = d, c
+        kept = weakref.ref(c)
+        heap.socket_opened()  # the batch is full: frozen at once
+        del c, d
+        gc.collect()
+        assert kept() is not None
     finally:
         heap.stop()
         gc.unfreeze()
