@@ -6,8 +6,7 @@ The probe lives here, not in ``app/``: it is the benchmark's instrument. It adds
 ``gc.callbacks`` hook that times every collection (start to stop of one
 collection is the pause every coroutine of the process waits through) and keeps,
 per generation, the count, total and longest pause; pauses of ``LOG_MS`` or more
-are also written to stderr as they happen (``gc gen2 pause 63 ms ...``, the
-format ``_setup.start_web_gc_logged`` uses, so logs read the same).
+are also written to stderr as they happen (``gc gen2 pause 63 ms ... at HH:MM:SS``).
 
 The bench drives it through the process's stdin, one command a line, read by a
 thread (a signal handler would wait for the event loop to run Python code; a
