@@ -1,26 +1,28 @@
-"""The web app's heap: no automatic full collections while sessions exist; trimmed for the OS.
+"""The web app's heap: old objects frozen for the cyclic GC, freed memory trimmed for the OS.
 
 Two costs grow with the number of browser sessions (docs/performance.md):
 
 * **GC pauses.** Each session keeps ~100 container objects alive (aiohttp's
   handler chain for its socket, tasks, coroutines, the core connection), and each
-  keep-alive HTTP connection ~45 more. A full collection walks all of them:
-  ~300 ms at 10,000 users. CPython starts one whenever the objects that survived
-  the young generations outnumber a quarter of the old ones, so a burst of new
-  connections (a login wave, thousands of tabs reconnecting, the first sends of a
-  busy minute) set off pauses of 100–400 ms. While sessions exist, automatic full
-  collections are off; the young generations are still collected as usual (their
-  size is bounded by the thresholds, a few thousand objects: a few ms).
+  keep-alive HTTP connection ~45 more. A full collection walks every object not
+  frozen: ~300 ms at 10,000 users, and CPython runs one whenever enough objects
+  have survived the young generations, whatever the traffic. So while sessions
+  exist, every FREEZE_EVERY seconds, and after every FREEZE_AFTER logins or new
+  sockets (a storm of reconnecting tabs opens thousands a second), the young
+  generations are collected (cheap: only what is new) and what survives is
+  frozen with :func:`gc.freeze`: the automatic full collections then walk at
+  most that many sessions' or that interval's survivors.
 * **Freed memory glibc keeps.** Each login decodes and re-encodes a list of every
   user; ``malloc_trim`` hands what a wave of logins freed back to the OS.
 
-The price: a cycle of old objects that becomes garbage waits for a full
-collection. Our own session objects are freed by reference counting when a
-session ends (tests/test_web_gc.py checks it), but aiohttp leaves ~40 objects in
-cycles per closed WebSocket (a plain keep-alive connection leaves none). So once
-as many sessions have ended or sockets closed as a quarter of the live sessions,
-one full collection runs (a pause, logged with its length): the garbage kept is
-bounded by the population, and a steady population never pays a full collection.
+The price of freezing: a cycle of frozen objects that becomes garbage is not
+collected while frozen. Our own session objects are freed by reference counting
+when a session ends (tests/test_web_gc.py checks it), but aiohttp leaves ~40
+objects in cycles per closed WebSocket (a plain keep-alive connection leaves
+none). So once as many sessions have ended or sockets closed as a quarter of the
+live sessions, the heap is thawed and collected in full (one pause, logged with
+its length) and frozen again: the garbage kept is bounded by the population, and
+a steady population never pays a full collection.
 """
 
 from __future__ import annotations
@@ -36,49 +38,59 @@ from legacy_socket_server.malloc import release_free_memory
 log = logging.getLogger(__name__)
 
 #: Trim this many seconds after the last of at least AFTER_LOGINS logins (a wave,
-#: not one person logging in), and collect this long after the churn that asks for it.
+#: not one person logging in).
 AFTER_LOGINS = 64
 WHEN_QUIET = 5.0
+#: Freeze the young generations' survivors this often while sessions exist: at
+#: 10,000 users one second of survivors (new keep-alive connections, mostly) is
+#: what a full collection walks in well under 50 ms.
+FREEZE_EVERY = 1.0
+#: ... and after this many logins or new sockets, whichever comes first (a
+#: socket's objects cost a full collection ~35 µs each).
+FREEZE_AFTER = 128
 #: Collect in full once this share of the live sessions have ended or closed a
-#: socket (and at least AFTER_LOGINS): the uncollected garbage stays below that share.
-COLLECT_SHARE = 4
-#: The oldest generation's threshold while sessions exist: never reached.
-NEVER = 1 << 30
+#: socket (and at least AFTER_LOGINS): the frozen garbage stays below that share.
+THAW_SHARE = 4
 
 
 class Heap:
-    """Turn automatic full collections off while sessions exist; collect after churn."""
+    """Freeze the heap's survivors periodically; trim after login waves; thaw after churn."""
 
-    def __init__(self, when_quiet: float = WHEN_QUIET) -> None:
+    def __init__(self, when_quiet: float = WHEN_QUIET, freeze_every: float = FREEZE_EVERY) -> None:
         self.when_quiet = when_quiet
+        self.freeze_every = freeze_every
         self._logins = 0
         self._released = 0
+        self._young = 0
         self._settle_timer: asyncio.TimerHandle | None = None
-        self._collect_timer: asyncio.TimerHandle | None = None
-        self._saved_threshold: tuple[int, int, int] | None = None
+        self._thaw_timer: asyncio.TimerHandle | None = None
+        self._freezer: asyncio.TimerHandle | None = None
         self.sessions = 0
-
-    @property
-    def holding(self) -> bool:
-        """Whether automatic full collections are off (sessions exist)."""
-        return self._saved_threshold is not None
+        #: The longest periodic freeze so far, in seconds (it is a pause too).
+        self.longest_freeze = 0.0
 
     def login(self) -> None:
         self.sessions += 1
         self._logins += 1
-        if self._saved_threshold is None:
-            self._saved_threshold = gc.get_threshold()
-            young, middle, _ = self._saved_threshold
-            gc.set_threshold(young, middle, NEVER)
+        self._arrived()
         if self._logins >= AFTER_LOGINS:
-            self._settle_timer = self._replace(self._settle_timer, self._settle)
+            self._settle_timer = self._replace(self._settle_timer, self.when_quiet, self._settle)
+
+    def socket_opened(self) -> None:
+        """A tab opened a WebSocket (its handler chain lives as long as the socket)."""
+        self._arrived()
+
+    def _arrived(self) -> None:
+        if self._freezer is None:
+            self._freezer = self._call_later(self.freeze_every, self._tick)
+        self._young += 1
+        if self._young >= FREEZE_AFTER:
+            self._freeze()
 
     def ended(self) -> None:
         """A browser session ended."""
         self.sessions -= 1
         self._release()
-        if self.sessions <= 0:
-            self._restore()
 
     def socket_closed(self) -> None:
         """A WebSocket closed (aiohttp leaves its handler chain in cycles)."""
@@ -86,34 +98,55 @@ class Heap:
 
     def _release(self) -> None:
         self._released += 1
-        if self._released >= max(AFTER_LOGINS, self.sessions // COLLECT_SHARE):
-            self._collect_timer = self._replace(self._collect_timer, self._collect)
+        if self._released >= max(AFTER_LOGINS, self.sessions // THAW_SHARE):
+            self._thaw_timer = self._replace(self._thaw_timer, self.when_quiet, self._thaw)
+
+    @staticmethod
+    def _call_later(delay: float, action: Callable[[], None]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_later(delay, action)
 
     def _replace(
-        self, timer: asyncio.TimerHandle | None, action: Callable[[], None]
+        self, timer: asyncio.TimerHandle | None, delay: float, action: Callable[[], None]
     ) -> asyncio.TimerHandle:
         if timer is not None:
             timer.cancel()
-        return asyncio.get_running_loop().call_later(self.when_quiet, action)
+        return self._call_later(delay, action)
 
-    def _restore(self) -> None:
-        if self._saved_threshold is not None:
-            gc.set_threshold(*self._saved_threshold)
-            self._saved_threshold = None
+    def _freeze(self) -> None:
+        """Collect the young generations (cheap), put the survivors out of the GC's sight."""
+        start = time.perf_counter()
+        gc.collect(1)
+        gc.freeze()
+        self._young = 0
+        self.longest_freeze = max(self.longest_freeze, time.perf_counter() - start)
+
+    def _tick(self) -> None:
+        self._freeze()
+        self._freezer = (
+            self._call_later(self.freeze_every, self._tick) if self.sessions > 0 else None
+        )
 
     def _settle(self) -> None:
         """After a wave of logins: hand what the wave freed back to the OS."""
         self._settle_timer = None
         count, self._logins = self._logins, 0
         trimmed = release_free_memory()
-        log.info("heap after %d logins: trimmed in %.1f ms", count, trimmed * 1000)
+        log.info(
+            "heap after %d logins: %d objects frozen, trimmed in %.1f ms (longest freeze %.1f ms)",
+            count,
+            gc.get_freeze_count(),
+            trimmed * 1000,
+            self.longest_freeze * 1000,
+        )
 
-    def _collect(self) -> None:
-        """Enough sessions ended or sockets closed: collect what they left in cycles."""
-        self._collect_timer = None
+    def _thaw(self) -> None:
+        """Enough sessions ended: collect what they left among the frozen, freeze again."""
+        self._thaw_timer = None
         released, self._released = self._released, 0
         start = time.perf_counter()
+        gc.unfreeze()
         found = gc.collect()
+        gc.freeze()
         took = time.perf_counter() - start
         trimmed = release_free_memory()
         log.info(
@@ -126,8 +159,7 @@ class Heap:
         )
 
     def stop(self) -> None:
-        for timer in (self._settle_timer, self._collect_timer):
+        for timer in (self._settle_timer, self._thaw_timer, self._freezer):
             if timer is not None:
                 timer.cancel()
-        self._settle_timer = self._collect_timer = None
-        self._restore()
+        self._settle_timer = self._thaw_timer = self._freezer = None

@@ -7,7 +7,6 @@ session's own objects must be freed by reference counting when it ends.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import gc
 import weakref
@@ -21,7 +20,7 @@ from web_helpers import (  # noqa: F401 - fixtures
     login,
 )
 
-from app.heap import AFTER_LOGINS, COLLECT_SHARE, Heap
+from app.heap import AFTER_LOGINS, FREEZE_AFTER, THAW_SHARE, Heap
 from app.web import GATEWAY_KEY
 
 OUR_MODULES = ("app.", "legacy_socket_server.")
@@ -76,49 +75,71 @@ class Node:
     other: Node | None = None
 
 
-def old_cycle() -> weakref.ref[Node]:
-    """A cycle that survives the young collections (now in the oldest generation)."""
+async def test_the_heap_is_frozen_while_sessions_exist_and_collected_once_enough_ended() -> None:
+    heap = Heap(when_quiet=0.05, freeze_every=0.05)
     a, b = Node(), Node()
-    a.other, b.other = b, a
-    gc.collect(1)
-    return weakref.ref(a)
-
-
-async def test_no_automatic_full_collection_while_sessions_exist_one_after_enough_ended() -> None:
-    heap = Heap(when_quiet=0.05)
+    a.other, b.other = b, a  # a cycle that exists when the heap is frozen
+    gone = weakref.ref(a)
     try:
-        gone = old_cycle()
         heap.login()
-        assert heap.holding
-        # Enough young collections that CPython would otherwise have run full ones.
-        for _ in range(50):
-            gc.collect(1)
-        junk = [[i] for i in range(200_000)]  # and allocations to set them off
-        del junk
-        assert gone() is not None  # an old cycle waits: no full collection ran
-        for _ in range(1, AFTER_LOGINS + 1):
+        await until(lambda: gc.get_freeze_count() > 0, what="the heap frozen with one session")
+        frozen = gc.get_freeze_count()
+        c, d = Node(), Node()
+        c.other, d.other = d, c  # made later: frozen at the next period
+        later = weakref.ref(c)
+        await until(lambda: gc.get_freeze_count() > frozen, what="the next period's freeze")
+        del a, b, c, d
+        gc.collect()
+        # Frozen garbage waits: collections skip it.
+        assert gone() is not None and later() is not None
+        for _ in range(1, AFTER_LOGINS):
             heap.login()
-        # Half of them end, half close a socket: together a collection's worth.
-        need = max(AFTER_LOGINS, heap.sessions // COLLECT_SHARE)
+        # Half of them end, half close a socket: together a thaw's worth.
+        need = max(AFTER_LOGINS, heap.sessions // THAW_SHARE)
         for i in range(need - 1):
             heap.ended() if i % 2 else heap.socket_closed()
-        await asyncio.sleep(0.2)
-        assert gone() is not None  # not yet enough churn
+        gc.collect(0)
+        assert gone() is not None  # not yet enough sessions ended
         heap.socket_closed()
-        await until(lambda: gone() is None, what="a full collection after enough churn")
-        assert heap.holding  # sessions remain: still off
+        await until(lambda: gone() is None, what="a full collection after sessions ended")
+        await until(lambda: later() is None, what="the later cycle collected as well")
+        assert gc.get_freeze_count() > 0  # and frozen again
     finally:
         heap.stop()
-    assert not heap.holding
+        gc.unfreeze()
 
 
-async def test_automatic_full_collections_resume_when_the_last_session_ends() -> None:
-    before = gc.get_threshold()
-    heap = Heap(when_quiet=0.05)
+async def test_the_periodic_freeze_stops_when_the_last_session_ends() -> None:
+    heap = Heap(when_quiet=0.05, freeze_every=0.02)
     try:
         heap.login()
-        assert gc.get_threshold()[2] > before[2]
+        await until(lambda: gc.get_freeze_count() > 0, what="the first freeze")
         heap.ended()
-        assert gc.get_threshold() == before and not heap.holding
+        await until(lambda: heap._freezer is None, what="the freezer stopped")
     finally:
         heap.stop()
+        gc.unfreeze()
+
+
+async def test_a_storm_of_new_sockets_is_frozen_in_batches_without_waiting_for_the_period() -> None:
+    heap = Heap(when_quiet=60, freeze_every=60)
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    try:
+        heap.login()
+        for _ in range(FREEZE_AFTER - 2):
+            heap.socket_opened()
+        del a, b
+        gc.collect()
+        assert gone() is None  # not frozen yet: an ordinary collection frees the cycle
+        c, d = Node(), Node()
+        c.other, d.other = d, c
+        kept = weakref.ref(c)
+        heap.socket_opened()  # the batch is full: frozen at once
+        del c, d
+        gc.collect()
+        assert kept() is not None
+    finally:
+        heap.stop()
+        gc.unfreeze()
