@@ -253,10 +253,6 @@ class Gateway:
             log.info("could not send exit for %s: core unreachable", session.username)
         log.info("browser session of %s ended (%d sessions)", session.username, len(self.sessions))
 
-    def socket_opened(self) -> None:
-        """A tab's WebSocket began: its objects are frozen with the next batch (app/heap.py)."""
-        self._heap.socket_opened()
-
     def socket_closed(self) -> None:
         """A tab's WebSocket ended: its connection's cycles count towards a full collection."""
         self._heap.socket_closed()

@@ -158,7 +158,6 @@ async def push(
     # An open socket is a poll in progress: the idle reaper leaves the session alone.
     session.polls_in_flight += 1
     session.touch()
-    gateway.socket_opened()
     reader = asyncio.create_task(_read(ws, sock), name=f"ws-read-{session.username}")
     buf.subscribe(sock)
     loop = asyncio.get_running_loop()
