@@ -366,3 +366,15 @@ def test_bad_fingerprint_in_the_environment_exits_2() -> None:
     )
     assert done.returncode == 2
     assert "CHAT_FINGERPRINT" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_plaintext_mark_puts_the_address_on_its_own_line_in_the_sidebar() -> None:
+    from legacy_socket_server.desktop import model
+    from legacy_socket_server.desktop.trust import Security
+    from legacy_socket_server.desktop.window import security_line
+
+    client = model.ChatClient("chat.example.org", 5050)
+    client.security = Security(encrypted=False)
+    assert security_line(client, wide=True)[0] == "Not encrypted · chat.example.org:5050"
+    # The sidebar is narrow: the port used to be cut off.
+    assert security_line(client, wide=False)[0] == "Not encrypted\nchat.example.org:5050"

@@ -438,8 +438,9 @@ def security_line(client: m.ChatClient, wide: bool) -> tuple[str, str, bool, str
             return client.plan, PLAINTEXT_NOTE, False, WARN_TEXT
         return client.plan, "The certificate is checked before anything is sent.", True, MUTED
     if not security.encrypted:
-        where = f"{client.host}:{client.port}"
-        return f"Not encrypted · {where}", PLAINTEXT_NOTE, False, WARN_TEXT
+        # The sidebar is narrow: the address goes on its own line, as a fingerprint does.
+        sep = " · " if wide else "\n"
+        return f"Not encrypted{sep}{client.host}:{client.port}", PLAINTEXT_NOTE, False, WARN_TEXT
     text = security.summary if wide else security.summary.replace(" · ", "\n", 1)
     return text, security.details, True, SECURE if wide else ONLINE
 
