@@ -29,6 +29,10 @@ MAX_TRACKED_NAMES = 100_000
 #: anything faster from one person is a runaway script.
 SEND_BURST = 600
 SEND_RATE = 50.0
+#: The contract's floor for any limit an operator sets (docs/protocol.md#limits):
+#: clients may count on sending this many at once and this many per second.
+MIN_SEND_BURST = 500
+MIN_SEND_RATE = 20.0
 
 #: Password checks (argon2, ~35 ms each) may use at most this share of the
 #: loop's time once the burst is spent, and at most this many may wait: a
@@ -76,7 +80,10 @@ class LoginThrottle:
 
 
 class SendBuckets:
-    """A token bucket per user: ``burst`` messages at once, ``rate`` per second after."""
+    """A token bucket per user: ``burst`` messages at once, ``rate`` per second after.
+
+    ``rate`` 0 means no limit (benchmarks, like ngircd with its flood penalty off).
+    """
 
     def __init__(self, burst: float = SEND_BURST, rate: float = SEND_RATE) -> None:
         self.burst = burst
@@ -84,6 +91,8 @@ class SendBuckets:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, name: str, now: float) -> bool:
+        if not self.rate:
+            return True
         tokens, last = self._buckets.get(name, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
         if tokens < 1:

@@ -21,7 +21,7 @@ from typing import Any
 from .addresses import IPNetwork, client_address, is_trusted, parse_networks
 from .chat import MAX_SESSIONS_PER_USER, ChatService, Session
 from .datadir import prepare as prepare_data_dir
-from .limits import SEND_BURST, SEND_RATE
+from .limits import MIN_SEND_BURST, MIN_SEND_RATE, SEND_BURST, SEND_RATE
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
 from .settings import (
     DEFAULT_DATA_DIR,
@@ -29,6 +29,7 @@ from .settings import (
     add_log_level,
     add_storage,
     boolean,
+    non_negative_float,
     port,
     positive_float,
     positive_int,
@@ -499,6 +500,22 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="sessions one user may have logged in at once; one more gets too_many_sessions",
     )
     p.add_setting(
+        "--send-rate",
+        env="CHAT_SEND_RATE",
+        type=non_negative_float,
+        default=SEND_RATE,
+        help=f"messages per second one user may send, sustained; 0 = no limit "
+        f"(otherwise at least {MIN_SEND_RATE:g})",
+    )
+    p.add_setting(
+        "--send-burst",
+        env="CHAT_SEND_BURST",
+        type=positive_int,
+        default=SEND_BURST,
+        help=f"messages one user may send at once (at least {MIN_SEND_BURST})",
+    )
+    p.add_check(send_limit_problem)
+    p.add_setting(
         "--demo-users",
         env="CHAT_DEMO_USERS",
         type=boolean,
@@ -514,6 +531,15 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="send one ping to --host:--port and exit 0 if it answers (docker)",
     )
     return p
+
+
+def send_limit_problem(args: argparse.Namespace) -> str | None:
+    """The contract promises clients a floor for any limit set (docs/protocol.md#limits)."""
+    if args.send_rate and args.send_rate < MIN_SEND_RATE:
+        return f"--send-rate (CHAT_SEND_RATE) must be 0 (no limit) or at least {MIN_SEND_RATE:g}"
+    if args.send_rate and args.send_burst < MIN_SEND_BURST:
+        return f"--send-burst (CHAT_SEND_BURST) must be at least {MIN_SEND_BURST}"
+    return None
 
 
 def add_tls(p: SettingsParser, note: str = "") -> None:
@@ -591,6 +617,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_connections_per_ip=args.max_connections_per_ip,
         trusted_clients=args.trusted_clients,
         max_sessions_per_user=args.max_sessions_per_user,
+        send_rate=args.send_rate,
+        send_burst=args.send_burst,
         tls=tls_from_args(args),
     )
 

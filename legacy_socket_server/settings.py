@@ -74,6 +74,13 @@ def positive_float(value: str) -> float:
     return number
 
 
+def non_negative_float(value: str) -> float:
+    number = _number(value, float, "a number of at least 0")
+    if not 0 <= number < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value!r}")
+    return number
+
+
 def log_level(value: str) -> str:
     level = value.strip().upper()
     if level not in LOG_LEVELS:

@@ -51,6 +51,39 @@ def test_a_bad_variable_is_a_usage_error_naming_it(program: str, variable: str, 
     assert proc.stderr.startswith("usage:")
 
 
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"CHAT_SEND_RATE": "10"}, "CHAT_SEND_RATE"),
+        ({"CHAT_SEND_BURST": "100"}, "CHAT_SEND_BURST"),
+        ({"CHAT_SEND_RATE": "-1"}, "CHAT_SEND_RATE"),
+    ],
+)
+def test_send_limits_below_the_contracts_floor_are_refused(
+    variables: dict[str, str], named: str
+) -> None:
+    proc = subprocess.run(
+        PROGRAMS["core"],
+        cwd=ROOT,
+        env={**os.environ, **variables},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error:" in last and named in last and "Traceback" not in proc.stderr
+
+
+def test_send_limits_default_and_off() -> None:
+    args = core_parser(env={}).parse_args([])
+    assert (args.send_rate, args.send_burst) == (50.0, 600)
+    args = core_parser(env={"CHAT_SEND_RATE": "0", "CHAT_SEND_BURST": "1"}).parse_args([])
+    assert (args.send_rate, args.send_burst) == (0.0, 1)  # no limit: the burst does not matter
+    args = core_parser(env={}).parse_args(["--send-rate", "20", "--send-burst", "500"])
+    assert (args.send_rate, args.send_burst) == (20.0, 500)
+
+
 def test_flag_beats_variable_beats_default() -> None:
     assert core_parser(env={}).parse_args([]).port == 5050
     assert core_parser(env={"CHAT_PORT": "6000"}).parse_args([]).port == 6000

@@ -244,6 +244,31 @@ async def test_dedup_by_client_msg_id(svc: ChatService, start_svc: StartService)
     assert len(a2.ok("history", **{"with": "Bob"})["messages"]) == 2
 
 
+def sent_before_refused(client: Client, limit: int = 10_000) -> int:
+    """How many messages one burst gets through before ``rate_limited`` (``limit``: none)."""
+    for n in range(limit):
+        r = client.req("send_message", to="Bob", text=f"b{n}")
+        assert r is not None
+        if not r["ok"]:
+            assert r["error"] == "rate_limited"
+            return n
+    return limit
+
+
+async def test_send_rate_and_burst_are_settings(start_svc: StartService, clock: FakeClock) -> None:
+    a = Client(start_svc(send_burst=510, send_rate=25.0))
+    a.login("Alice")
+    assert sent_before_refused(a) == 510
+    clock.offset += 2.0  # 25/s refills 50
+    assert sent_before_refused(a) == 50
+
+
+async def test_send_rate_zero_is_no_limit(start_svc: StartService) -> None:
+    a = Client(start_svc(send_rate=0.0))
+    a.login("Alice")
+    assert sent_before_refused(a, limit=3_000) == 3_000
+
+
 async def test_burst_of_500_then_sustained_rate(svc: ChatService, clock: FakeClock) -> None:
     a = Client(svc)
     a.login("Alice")
