@@ -94,17 +94,24 @@ def _install(stats: _Stats) -> None:
     gc.callbacks.append(on_gc)
 
 
-def _explain() -> None:
-    """What the full collection just walked: the tracked objects outside the frozen ones.
-
-    A diagnostic (``GCPROBE_EXPLAIN=1``): it stalls the process as long as a census.
-    """
+def _census() -> dict[str, list[int]]:
+    """The objects the cyclic GC tracks outside the frozen ones, by type:
+    ``{type: [objects, references they hold]}`` (what a full collection walks)."""
     counts: dict[str, list[int]] = {}
     for obj in gc.get_objects():
         t = type(obj)
         c = counts.setdefault(f"{t.__module__}.{t.__qualname__}", [0, 0])
         c[0] += 1
         c[1] += len(gc.get_referents(obj))
+    return counts
+
+
+def _explain() -> None:
+    """What the full collection just walked.
+
+    A diagnostic (``GCPROBE_EXPLAIN=1``): it stalls the process as long as a census.
+    """
+    counts = _census()
     top = sorted(counts.items(), key=lambda kv: -kv[1][1])[:10]
     print(
         f"  walked: {sum(v[0] for v in counts.values())} objects; by references: {top}",
@@ -138,13 +145,7 @@ def _commands(stats: _Stats) -> None:
             print("gcprobe trimmed", file=sys.stderr, flush=True)
         elif word == "census":
             gc.collect()
-            counts: dict[str, list[int]] = {}
-            for obj in gc.get_objects():
-                t = type(obj)
-                c = counts.setdefault(f"{t.__module__}.{t.__qualname__}", [0, 0])
-                c[0] += 1
-                c[1] += len(gc.get_referents(obj))
-            Path(rest).write_text(json.dumps(counts))
+            Path(rest).write_text(json.dumps(_census()))
             print(f"gcprobe census {rest}", file=sys.stderr, flush=True)
 
 

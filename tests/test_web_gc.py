@@ -11,8 +11,10 @@ import asyncio
 import collections
 import gc
 import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from waiting import until
 from web_helpers import (  # noqa: F401 - fixtures
     MakeWeb,
@@ -82,62 +84,72 @@ def cycle() -> tuple[Node, weakref.ref[Node]]:
     return a, weakref.ref(a)
 
 
-async def test_survivors_are_frozen_while_sessions_exist_and_collected_once_enough_ended() -> None:
-    heap = Heap(when_quiet=0.05)
+MakeHeap = Callable[[float], Heap]
+
+
+@pytest.fixture(name="make_heap")
+def fixture_make_heap() -> Iterator[MakeHeap]:
+    """Heaps that are stopped, and the test process's heap unfrozen, at the end."""
+    heaps: list[Heap] = []
+
+    def make(when_quiet: float) -> Heap:
+        heaps.append(Heap(when_quiet=when_quiet))
+        return heaps[-1]
+
     try:
-        before, gone = cycle()  # exists when the first session starts
-        heap.login()
-        assert heap.freezing
-        later, kept = cycle()
-        gc.collect(1)  # survives a middle collection: frozen right after it
-        del before, later
-        gc.collect()
-        assert gone() is not None and kept() is not None  # frozen garbage waits
-        for _ in range(1, AFTER_LOGINS):
-            heap.login()
-        # Half of them end, half close a socket: together a thaw's worth.
-        need = max(AFTER_LOGINS, heap.sessions // THAW_SHARE)
-        for i in range(need - 1):
-            heap.ended() if i % 2 else heap.socket_closed()
-        await asyncio.sleep(0.2)
-        assert gone() is not None  # not yet enough churn
-        heap.socket_closed()
-        await until(lambda: gone() is None, what="a full collection after enough churn")
-        assert kept() is None
-        assert gc.get_freeze_count() > 0  # and frozen again
+        yield make
     finally:
-        heap.stop()
+        for heap in heaps:
+            heap.stop()
         gc.unfreeze()
 
 
-async def test_a_storm_is_frozen_by_the_collector_itself() -> None:
-    heap = Heap(when_quiet=60)
-    try:
+async def test_survivors_are_frozen_while_sessions_exist_and_collected_once_enough_ended(
+    make_heap: MakeHeap,
+) -> None:
+    heap = make_heap(0.05)
+    before, gone = cycle()  # exists when the first session starts
+    heap.login()
+    assert heap.freezing
+    later, kept = cycle()
+    gc.collect(1)  # survives a middle collection: frozen right after it
+    del before, later
+    gc.collect()
+    assert gone() is not None and kept() is not None  # frozen garbage waits
+    for _ in range(1, AFTER_LOGINS):
         heap.login()
-        obj, kept = cycle()
-        # Allocations alone, as in a storm of connections: the collector runs its
-        # young collections by itself, and the hook freezes what survived them.
-        storm = [[i] for i in range(100_000)]
-        del obj, storm
-        gc.collect()
-        assert kept() is not None
-    finally:
-        heap.stop()
-        gc.unfreeze()
+    # Half of them end, half close a socket: together a thaw's worth.
+    need = max(AFTER_LOGINS, heap.sessions // THAW_SHARE)
+    for i in range(need - 1):
+        heap.ended() if i % 2 else heap.socket_closed()
+    await asyncio.sleep(0.2)
+    assert gone() is not None  # not yet enough churn
+    heap.socket_closed()
+    await until(lambda: gone() is None, what="a full collection after enough churn")
+    assert kept() is None
+    assert gc.get_freeze_count() > 0  # and frozen again
 
 
-async def test_freezing_stops_when_the_last_session_ends() -> None:
-    heap = Heap(when_quiet=0.05)
-    try:
-        heap.login()
-        assert heap.freezing
-        heap.ended()
-        assert not heap.freezing
-        obj, gone = cycle()
-        gc.collect(1)
-        del obj
-        gc.collect()
-        assert gone() is None
-    finally:
-        heap.stop()
-        gc.unfreeze()
+async def test_a_storm_is_frozen_by_the_collector_itself(make_heap: MakeHeap) -> None:
+    heap = make_heap(60)
+    heap.login()
+    obj, kept = cycle()
+    # Allocations alone, as in a storm of connections: the collector runs its
+    # young collections by itself, and the hook freezes what survived them.
+    storm = [[i] for i in range(100_000)]
+    del obj, storm
+    gc.collect()
+    assert kept() is not None
+
+
+async def test_freezing_stops_when_the_last_session_ends(make_heap: MakeHeap) -> None:
+    heap = make_heap(0.05)
+    heap.login()
+    assert heap.freezing
+    heap.ended()
+    assert not heap.freezing
+    obj, gone = cycle()
+    gc.collect(1)
+    del obj
+    gc.collect()
+    assert gone() is None
