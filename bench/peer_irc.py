@@ -1,0 +1,490 @@
+"""Our core next to ngircd (a C IRC server): closed-loop direct messages between pairs.
+
+Each pair is two clients, A and B. A sends B a direct message; the moment B sees it,
+B sends the next one to A, and so on: every pair has exactly one message in flight, so
+throughput is set by how fast the server turns a message around. IRC clients register
+(NICK/USER, then wait for the end of the MOTD) and send ``PRIVMSG peer :ping``. Core
+clients ``resume`` with a ready-made token, keep one held ``poll`` (sent again with the
+new cursor after every reply, as the desktop client does) and send ``send_message``; a
+message counts as seen when it reaches the recipient's poll reply. Latency is send → seen.
+
+Over a measured window (after a warm-up; logins excluded) it reports messages/s, messages
+per server CPU-second (utime+stime from /proc/PID/stat at both ends of the window), p50/p99
+latency, and this process's CPU: the clients'. A client CPU near 1.00 means the clients
+were a limit too. With two or more CPUs the server runs on CPU 0 and the clients on CPU 1.
+``--rounds N`` runs ngircd, core, ngircd, core, … and adds the medians. Both servers stay
+up for the whole run (the core's history grows run after run).
+
+    python bench/peer_irc.py                                   # 50 and 500 pairs
+    python bench/peer_irc.py --pairs 50 --seconds 10 --rounds 3
+    python bench/peer_irc.py --only core --core-args="--fsync always"
+
+ngircd runs in the foreground from a config generated in a temp dir (127.0.0.1, a free
+port, penalties and connection limits off); the core runs as ``server.py --send-rate 0``.
+Talks only to 127.0.0.1; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from _setup import cpu_seconds, make_data_dir, raise_fd_limit, start_process
+
+try:  # the core runs on uvloop when it is installed; the clients should not be slower
+    from uvloop import run as run_loop
+except ImportError:
+    from asyncio import run as run_loop
+
+NGIRCD = "/usr/sbin/ngircd"
+SERVER_CPU, CLIENT_CPU = 0, 1
+CONNECT_BATCH = 100  # a listen backlog is finite
+LOGIN_DEADLINE_S = 60.0
+WARMUP_S = 2.0
+STOP_DEADLINE_S = 10.0
+# Pins itself, then execs the server: the pid stays the server's (for /proc), and threads
+# the server starts later inherit the CPU, which pinning it after the start would miss.
+_PINNED_EXEC = (
+    "import os,sys; os.sched_setaffinity(0,{int(sys.argv[1])}); os.execvp(sys.argv[2],sys.argv[2:])"
+)
+_now = time.perf_counter_ns
+
+# Started as root, ngircd drops to "nobody" after reading this; it writes no file (no
+# PidFile) and logs to stdout. IncludeDir points at an empty dir so /etc/ngircd's
+# snippets cannot change the setup; MaxPenaltyTime = 0 turns flood penalties off.
+NGIRCD_CONF = """[Global]
+Name = bench.irc
+Info = peer_irc benchmark
+AdminInfo1 = bench
+AdminInfo2 = bench
+AdminEMail = bench@localhost
+Listen = 127.0.0.1
+Ports = {port}
+MotdPhrase = bench
+HelpFile = {dir}/help.txt
+[Limits]
+MaxConnections = 0
+MaxConnectionsIP = 0
+MaxJoins = 0
+MaxPenaltyTime = 0
+PingTimeout = 3600
+PongTimeout = 3600
+[Options]
+PAM = no
+Ident = no
+DNS = no
+IncludeDir = {dir}/conf.d
+"""
+
+
+class Pair:
+    """When the pair's one message in flight was sent (perf_counter_ns)."""
+
+    __slots__ = ("sent_ns",)
+
+    def __init__(self) -> None:
+        self.sent_ns = 0
+
+
+class Meter:
+    """Shared by every client of a run; latencies are kept only inside the window."""
+
+    __slots__ = ("seen", "samples", "measuring", "errors")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.samples: list[int] = []
+        self.measuring = False
+        self.errors: list[str] = []
+
+
+class _Client(asyncio.Protocol):
+    """One connection. Subclasses log in (``login``) and write a message (``write_msg``)."""
+
+    def __init__(self, pair: Pair, meter: Meter, ready: asyncio.Future[None]) -> None:
+        self.pair, self.meter, self.ready = pair, meter, ready
+        self.transport: Any = None
+        self.buf = b""
+        self.closing = False
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.login()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closing:
+            self.fail(f"connection lost: {exc}")
+
+    def fail(self, why: str) -> None:
+        self.meter.errors.append(why)
+        if not self.ready.done():
+            self.ready.set_exception(RuntimeError(why))
+
+    def send(self) -> None:
+        self.pair.sent_ns = _now()
+        self.write_msg()
+
+    def on_seen(self) -> None:
+        # The hot path: one clock read serves as this message's arrival and the next's send.
+        meter, pair, now = self.meter, self.pair, _now()
+        meter.seen += 1
+        if meter.measuring:
+            meter.samples.append(now - pair.sent_ns)
+        pair.sent_ns = now
+        self.write_msg()
+
+
+class IrcClient(_Client):
+    def __init__(self, nick: str, peer: str, *rest: Any) -> None:
+        super().__init__(*rest)
+        self.hello = f"NICK {nick}\r\nUSER {nick} 0 * :bench\r\n".encode()
+        self.message = f"PRIVMSG {peer} :ping\r\n".encode()
+
+    def login(self) -> None:
+        self.transport.write(self.hello)
+
+    def write_msg(self) -> None:
+        self.transport.write(self.message)
+
+    def data_received(self, data: bytes) -> None:
+        if self.buf:
+            data = self.buf + data
+        *lines, self.buf = data.split(b"\r\n")
+        for line in lines:
+            if b" PRIVMSG " in line:
+                self.on_seen()
+            elif line.startswith(b"PING "):
+                self.transport.write(b"PONG " + line[5:] + b"\r\n")
+            elif not self.ready.done():
+                self.registering(line)
+
+    def registering(self, line: bytes) -> None:
+        # Logged in at the end of the MOTD (376, or 422 without one): nothing else follows.
+        code = line.split(b" ", 2)[1] if line.count(b" ") >= 2 else b""
+        if code in (b"376", b"422"):
+            self.ready.set_result(None)
+        elif line.startswith(b"ERROR") or (len(code) == 3 and code[:1] in (b"4", b"5")):
+            self.fail(line.decode(errors="replace"))
+
+
+class CoreClient(_Client):
+    def __init__(self, me: str, peer: str, token: str, *rest: Any) -> None:
+        super().__init__(*rest)
+        self.me, self.peer, self.token = me, peer.encode(), token
+        self.rid = 0
+        self.cursor = 0
+
+    def request(self, data: bytes) -> None:
+        self.transport.write(b"$%d%s$" % (len(data), data))
+
+    def login(self) -> None:
+        self.request(json.dumps({"purpose": "resume", "id": 0, "token": self.token}).encode())
+
+    def poll(self) -> None:
+        self.rid += 1
+        self.request(
+            b'{"purpose":"poll","id":%d,"cursor":%d,"wait_ms":25000}' % (self.rid, self.cursor)
+        )
+
+    def write_msg(self) -> None:
+        self.rid += 1
+        self.request(
+            b'{"purpose":"send_message","id":%d,"to":"%s","text":"ping"}' % (self.rid, self.peer)
+        )
+
+    def data_received(self, data: bytes) -> None:
+        # $LEN{json}$ where LEN is digits, so the first "{" after the "$" starts the data.
+        buf = self.buf + data if self.buf else data
+        pos, end = 0, len(buf)
+        while pos < end:
+            start = buf.find(b"{", pos)
+            if start < 0:
+                break
+            stop = start + int(buf[pos + 1 : start])
+            if stop >= end:
+                break
+            self.on_frame(buf[start:stop])
+            pos = stop + 1
+        self.buf = buf[pos:]
+
+    def on_frame(self, frame: bytes) -> None:
+        # A third of the frames are acks: not worth decoding (the recipient's poll counts).
+        if frame.startswith(b'{"purpose":"send_message"') and b'"ok":true' in frame:
+            return
+        obj = json.loads(frame)
+        if obj.get("ok") is not True:
+            self.fail(f"{obj.get('purpose')}: {obj.get('error')} {obj.get('message')}")
+            return
+        self.cursor = obj["cursor"]  # resume and poll replies both carry one
+        self.poll()
+        if obj["purpose"] == "resume":
+            self.ready.set_result(None)
+            return
+        for ev in obj["events"]:  # presence events are ignored
+            if ev["type"] == "message" and ev["message"]["to"] == self.me:
+                self.on_seen()
+
+
+@dataclass
+class Result:
+    server: str
+    pairs: int
+    seen: float
+    elapsed: float
+    server_cpu: float
+    client_cpu: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def msgs_per_s(self) -> float:
+        return self.seen / self.elapsed
+
+    @property
+    def per_cpu_s(self) -> float:
+        return self.seen / self.server_cpu if self.server_cpu > 0 else float("nan")
+
+
+def quantile_ms(samples: list[int], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (ns), in ms; NaN when empty."""
+    if not samples:
+        return float("nan")
+    samples.sort()
+    return samples[min(len(samples) - 1, int(len(samples) * q))] / 1e6
+
+
+def make_clients(
+    server: str, pairs: int, meter: Meter, tokens: dict[str, str]
+) -> list[tuple[Callable[[], _Client], asyncio.Future[None]]]:
+    """(protocol factory, ready future) for A then B of every pair: u0000↔u0001, …"""
+    loop = asyncio.get_running_loop()
+    out = []
+    for p in range(pairs):
+        pair = Pair()
+        a, b = f"u{2 * p:04d}", f"u{2 * p + 1:04d}"
+        for me, peer in ((a, b), (b, a)):
+            ready = loop.create_future()
+            if server == "ngircd":
+                factory = partial(IrcClient, me, peer, pair, meter, ready)
+            else:
+                factory = partial(CoreClient, me, peer, tokens[me], pair, meter, ready)
+            out.append((factory, ready))
+    return out
+
+
+async def connect_all(port: int, clients: list) -> list[_Client]:
+    """Connect and log in every client, in batches, within LOGIN_DEADLINE_S."""
+    loop = asyncio.get_running_loop()
+    protocols = []
+    async with asyncio.timeout(LOGIN_DEADLINE_S):
+        for i in range(0, len(clients), CONNECT_BATCH):
+            batch = clients[i : i + CONNECT_BATCH]
+            conns = await asyncio.gather(
+                *(loop.create_connection(f, "127.0.0.1", port) for f, _ in batch)
+            )
+            await asyncio.gather(*(ready for _, ready in batch))
+            protocols += [proto for _, proto in conns]
+    return protocols
+
+
+async def run_once(
+    server: str, port: int, pid: int, pairs: int, seconds: float, tokens: dict[str, str]
+) -> Result:
+    """Log in ``2 * pairs`` clients, start every pair, warm up, then measure ``seconds``."""
+    meter = Meter()
+    protocols = await connect_all(port, make_clients(server, pairs, meter, tokens))
+    try:
+        for a in protocols[::2]:
+            a.send()
+        await asyncio.sleep(WARMUP_S)
+        seen0, cpu0, mine0 = meter.seen, cpu_seconds(pid), time.process_time()
+        t0 = time.perf_counter()
+        meter.measuring = True
+        await asyncio.sleep(seconds)
+        meter.measuring = False
+        elapsed = time.perf_counter() - t0
+        seen, server_cpu = meter.seen - seen0, cpu_seconds(pid) - cpu0
+        client_cpu = time.process_time() - mine0
+    finally:
+        for proto in protocols:
+            proto.closing = True
+            proto.transport.close()
+        await asyncio.sleep(0.1)  # let the closes go out before the loop ends
+    for why in sorted(set(meter.errors))[:5]:
+        print(f"  {server}: {why}", file=sys.stderr)
+    p50, p99 = quantile_ms(meter.samples, 0.50), quantile_ms(meter.samples, 0.99)
+    return Result(server, pairs, seen, elapsed, server_cpu, client_cpu, p50, p99, len(meter.errors))
+
+
+def pinned(args: list[str], cpu: int | None) -> list[str]:
+    return args if cpu is None else [sys.executable, "-c", _PINNED_EXEC, str(cpu), *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ngircd(tmp: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
+    """Write the config into ``tmp``, check it with ``--configtest``, start ngircd."""
+    (tmp / "conf.d").mkdir(parents=True)
+    (tmp / "help.txt").write_text("peer_irc benchmark\n")
+    conf = tmp / "ngircd.conf"
+    conf.write_text(NGIRCD_CONF.format(port=free_port(), dir=tmp))
+    check = subprocess.run(
+        [NGIRCD, "--configtest", "-f", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    if check.returncode != 0:
+        raise RuntimeError(f"ngircd --configtest failed:\n{check.stdout}{check.stderr}")
+    pattern = r"Now listening on \[127\.0\.0\.1\]:(\d+)"
+    return start_process(pinned([NGIRCD, "-n", "-f", str(conf)], cpu), pattern)
+
+
+def start_core(data_dir: Path, extra: list[str], cpu: int | None) -> tuple[subprocess.Popen, int]:
+    args = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"]
+    args += ["--data-dir", str(data_dir), "--send-rate", "0", *extra]
+    return start_process(pinned(args, cpu))
+
+
+def stop(name: str, proc: subprocess.Popen) -> None:
+    """SIGTERM (both servers shut down cleanly on it), SIGKILL after a deadline."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(STOP_DEADLINE_S)
+    if proc.returncode != 0:
+        print(f"warning: {name} exited with {proc.returncode}", file=sys.stderr)
+
+
+def settle(pid: int, deadline_s: float = 10.0) -> None:
+    """Wait until a server is idle again: both share CPU 0, so one still closing a
+    thousand connections would take CPU from the other's next run."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        before = cpu_seconds(pid)
+        time.sleep(0.3)
+        if cpu_seconds(pid) - before < 0.03:
+            return
+
+
+def pin_self() -> int | None:
+    """Put this process on CLIENT_CPU; return the CPU for the servers (None: no pinning)."""
+    cpus = os.sched_getaffinity(0)
+    if not {SERVER_CPU, CLIENT_CPU} <= cpus:
+        print(f"CPU pinning: off ({len(cpus)} CPU available)")
+        return None
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    print(f"CPU pinning: servers on CPU {SERVER_CPU}, clients (this process) on CPU {CLIENT_CPU}")
+    return SERVER_CPU
+
+
+def row(label: str, r: Result) -> str:
+    return (
+        f"| {label} | {r.pairs} | {r.msgs_per_s:,.0f} | {r.per_cpu_s:,.0f} | "
+        f"{r.server_cpu / r.elapsed:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+        f"{r.client_cpu / r.elapsed:.2f} | {r.errors} |"
+    )
+
+
+def median_result(rs: list[Result]) -> Result:
+    """Per-column medians, as a Result over a one-second window."""
+    med = statistics.median
+    rate, per_cpu = med(r.msgs_per_s for r in rs), med(r.per_cpu_s for r in rs)
+    client = med(r.client_cpu / r.elapsed for r in rs)
+    p50, p99 = med(r.p50_ms for r in rs), med(r.p99_ms for r in rs)
+    errors = sum(r.errors for r in rs)
+    return Result(rs[0].server, rs[0].pairs, rate, 1.0, rate / per_cpu, client, p50, p99, errors)
+
+
+def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
+    print(
+        "\n| server | pairs | messages/s | messages per server CPU-second | server CPU | "
+        "p50 ms | p99 ms | client CPU | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    medians: dict[tuple[str, int], Result] = {}
+    for n in pairs_list:
+        for server in ("ngircd", "core"):
+            rs = [r for r in results if r.server == server and r.pairs == n]
+            for i, r in enumerate(rs, 1):
+                print(row(f"{server} #{i}" if rounds > 1 else server, r))
+            if rs:
+                medians[server, n] = median_result(rs)
+                if rounds > 1:
+                    print(row(f"{server} median", medians[server, n]))
+    print("\nCPU columns: CPU-seconds per second of the window (1.00 = one CPU busy).")
+    for n in pairs_list:
+        if ("core", n) in medians and ("ngircd", n) in medians:
+            c, i = medians["core", n], medians["ngircd", n]
+            print(
+                f"- {n} pairs, core/ngircd: messages per server CPU-second "
+                f"{c.per_cpu_s / i.per_cpu_s:.3f} (ngircd {i.per_cpu_s / c.per_cpu_s:.1f}x); "
+                f"messages/s {c.msgs_per_s / i.msgs_per_s:.3f} "
+                f"(ngircd {i.msgs_per_s / c.msgs_per_s:.1f}x)"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, nargs="+", default=[50, 500])
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured window per run")
+    ap.add_argument("--rounds", type=int, default=1, help="ngircd, core, ngircd, core, …")
+    ap.add_argument("--only", choices=["core", "ircd"], help="run one server (profiling)")
+    ap.add_argument("--core-args", default="", help='e.g. --core-args="--fsync always"')
+    args = ap.parse_args()
+    servers = {"core": ["core"], "ircd": ["ngircd"], None: ["ngircd", "core"]}[args.only]
+    server_cpu = pin_self()
+    n_clients = 2 * max(args.pairs)
+    raise_fd_limit(n_clients + 64)  # before the servers start: they inherit it
+    print(f"event loop: {run_loop.__module__}; warm-up {WARMUP_S} s, window {args.seconds} s")
+
+    procs: dict[str, tuple[subprocess.Popen, int]] = {}
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="peer-irc-") as tmp_name:
+        tmp = Path(tmp_name)
+        saved_tempdir, tempfile.tempdir = tempfile.tempdir, tmp_name  # server logs go in tmp
+        try:
+            tokens = make_data_dir(tmp / "core", n_clients) if "core" in servers else {}
+            if "ngircd" in servers:
+                procs["ngircd"] = start_ngircd(tmp / "ngircd", server_cpu)
+            if "core" in servers:
+                extra = shlex.split(args.core_args)
+                procs["core"] = start_core(tmp / "core", extra, server_cpu)
+            for n in args.pairs:
+                for _ in range(args.rounds):
+                    for server in servers:
+                        proc, port = procs[server]
+                        r = run_loop(run_once(server, port, proc.pid, n, args.seconds, tokens))
+                        results.append(r)
+                        print(row(server, r), flush=True)
+                        settle(proc.pid)
+        except KeyboardInterrupt:
+            print("interrupted: the runs so far follow", file=sys.stderr)
+        finally:
+            for name, (proc, _) in procs.items():
+                stop(name, proc)
+            tempfile.tempdir = saved_tempdir
+    report(results, args.rounds, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
