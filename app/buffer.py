@@ -21,22 +21,21 @@ JavaScript numbers hold them exactly.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from typing import Any, NamedTuple, Protocol
 
 from legacy_socket_server.contract import MAX_POLL_EVENTS, SEQ_BITS, SEQ_MASK
+from legacy_socket_server.protocol import dumps
 
 #: 20 bits of epoch + 32 of seq fit a JavaScript number exactly.
 EPOCH_BITS = 20
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _RESET_MARK = b'{"type":"_reset"}'
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
     """An event as it will be sent to the browser (the core's events are valid JSON)."""
-    return _ENCODER.encode(event).encode("utf-8")
+    return dumps(event)
 
 
 class Poll(NamedTuple):

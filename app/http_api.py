@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from legacy_socket_server.addresses import normalize
-from legacy_socket_server.protocol import encode
+from legacy_socket_server.protocol import parse_json
 from legacy_socket_server.server import CoreServer
 
 from .config import WebConfig
@@ -135,15 +135,15 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     except web.HTTPRequestEntityTooLarge:
         raise ApiError("too_large", "the request body is over the limit")
     try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("bad_request", "the body is not valid JSON")
+        body = parse_json(raw or b"{}")  # what the core can be sent as it is
+    except ValueError:
+        try:
+            json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise ApiError("bad_request", "the body is not valid JSON")
+        raise ApiError("bad_request", "the body holds NaN, an infinity or a lone surrogate")
     if not isinstance(body, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
-    try:
-        encode(body)  # what the core will be sent: NaN, 1e400 or "\ud800" cannot be
-    except ValueError:
-        raise ApiError("bad_request", "the body holds NaN, an infinity or a lone surrogate")
     return body
 
 

@@ -57,6 +57,7 @@ from hypothesis import strategies as st  # noqa: E402
 from legacy_socket_server import users as users_module  # noqa: E402
 from legacy_socket_server.chat import ChatService, Session  # noqa: E402
 from legacy_socket_server.protocol import (  # noqa: E402
+    FrameDecoder,
     ProtocolError,
     decode_data,
     encode,
@@ -286,7 +287,10 @@ class ServiceHarness:
             assert reply.get("error") in ERROR_CODES, f"unknown error code in {reply!r}"
             assert isinstance(reply.get("message"), str) and reply["message"], reply
             self.errors[reply["error"]] = self.errors.get(reply["error"], 0) + 1
-        encode(reply, self.svc.max_frame_bytes)  # raises if it could not be sent
+        # Raises if it could not be sent; what arrives must be what was meant (a NaN
+        # would arrive as null).
+        packet = encode(reply, self.svc.max_frame_bytes)
+        assert FrameDecoder(self.svc.max_frame_bytes).feed(packet) == [reply], reply
         self.replies += 1
 
     # -- one scenario --

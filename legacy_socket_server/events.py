@@ -12,11 +12,10 @@ then costs O(1) memory, not O(users), and a poll merges the two by seq.
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
 from typing import Any
 
-from .protocol import PreEncoded
+from .protocol import PreEncoded, dumps
 
 #: Events kept per user. A client that falls further behind than this (e.g.
 #: a laptop asleep for hours while its peers chatted) gets ``reset`` and
@@ -27,7 +26,7 @@ LOG_KEEP = 2000
 def encoded_size(obj: Any) -> int:
     if type(obj) is PreEncoded:
         return len(obj.json)
-    return len(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
+    return len(dumps(obj))
 
 
 class Entry:

@@ -35,6 +35,7 @@ from pathlib import Path
 from sys import intern
 from typing import Any
 
+from .protocol import dumps
 from .storage_files import StorageUnavailable, StoreError, fsync_dir, load_json_file
 
 log = logging.getLogger(__name__)
@@ -394,19 +395,20 @@ class HistoryStore:
         group ``fsync``; the caller replies when it is done.
         """
         self._write_line(record)
-        loop = asyncio.get_running_loop()
         if self.fsync_mode == "always":
+            loop = asyncio.get_running_loop()
             fut = loop.create_future()
             self._commit_waiters.append(fut)
             if self._fsync_handle is None:
                 self._fsync_handle = loop.call_soon(self._group_commit)
             return fut
         if self._fsync_handle is None:
+            loop = asyncio.get_running_loop()
             self._fsync_handle = loop.call_later(FSYNC_INTERVAL, self._periodic_fsync)
         return None
 
     def _write_line(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        line = dumps(record) + b"\n"
         if self._fd is None:
             raise StorageUnavailable("history journal is not open")
         try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from legacy_socket_server.contract import iso_timestamp
 from legacy_socket_server.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameDecoder,
@@ -16,6 +19,7 @@ from legacy_socket_server.protocol import (
     ProtocolError,
     decode_data,
     encode,
+    parse_json,
     poll_reply_packet,
     poll_reply_tail,
     poll_request_packet,
@@ -59,12 +63,17 @@ def test_len_counts_bytes_not_characters() -> None:
     assert len(body.encode()) == len(body) + 2  # the euro sign is 3 bytes
 
 
-def test_encode_refuses_over_limit_and_nan() -> None:
+def test_encode_refuses_over_limit_and_stays_json() -> None:
     with pytest.raises(ValueError):
         encode({"purpose": "p", "t": "x" * 100}, max_bytes=50)
     assert encode({"purpose": "p", "t": "x" * 10}, max_bytes=50)
-    with pytest.raises(ValueError):
-        encode({"purpose": "p", "n": float("nan")})
+    # Nothing the core sends holds a float; if one ever were NaN the packet would still be JSON.
+    assert decode_data(encode({"purpose": "p", "n": float("nan")})[3:-1]) == {
+        "purpose": "p",
+        "n": None,
+    }
+    with pytest.raises(ValueError):  # a lone surrogate cannot be UTF-8
+        encode({"purpose": "p", "t": "\ud800"})
 
 
 def test_byte_by_byte() -> None:
@@ -319,3 +328,29 @@ def test_the_poll_request_template_is_byte_for_byte_the_general_encoding(
     if stream:
         request["stream"] = True
     assert poll_request_packet(rid, cursor, 25_000, stream) == encode(request)
+
+
+def test_message_timestamps_are_utc_milliseconds() -> None:
+    before = datetime.now(UTC)
+    stamps = [iso_timestamp() for _ in range(3)]
+    after = datetime.now(UTC)
+    for ts in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", ts), ts
+        when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        # Milliseconds are cut, not rounded, as isoformat(timespec="milliseconds") does.
+        assert before - timedelta(milliseconds=1) <= when <= after
+    fixed = datetime(2026, 1, 2, 3, 4, 5, 678_999, tzinfo=UTC)
+    assert iso_timestamp(lambda: fixed) == "2026-01-02T03:04:05.678Z"
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"a": NaN}', b'{"a": 1e400}', b'{"a": -Infinity}', b'{"a": "\\ud800"}', b"{", b"\xff"]
+)
+def test_parse_json_refuses_what_no_packet_may_carry(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_json(raw)
+
+
+def test_parse_json_keeps_what_json_means() -> None:
+    raw = b'{"n": 123456789012345678901234567890, "t": "\\u00e9 \xf0\x9f\x91\x8b"}'
+    assert parse_json(raw) == {"n": 123456789012345678901234567890, "t": "é 👋"}
