@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
-from conftest import StartCore
+import pytest
+from conftest import CoreProcess, StartCore
 from core_helpers import RawClient, gather_limited
 from waiting import until
 
-from legacy_socket_server.protocol import encode
+from legacy_socket_server.protocol import FrameDecoder, encode
 from legacy_socket_server.server import CoreServer
 
 # -- basic flows ---------------------------------------------------------------------------
@@ -337,3 +340,35 @@ async def test_500_connections_polling_while_messages_flow(core_proc: Any) -> No
         await c.close()
     for c in senders.values():
         await c.close()
+
+
+# -- one write per connection per loop turn (docs/performance.md#core-efficiency) ----------
+
+
+def _write_syscalls(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/PID/io")
+
+
+def test_replies_to_one_read_leave_in_one_write(core_proc: CoreProcess) -> None:
+    """50 requests read at once are answered by one write, not 50 (the core's cost per
+    message is mostly system calls). Counted by the kernel for the core's process."""
+    if not Path("/proc/self/io").exists():
+        pytest.skip("needs Linux's /proc/PID/io to count the core's write calls")
+    assert core_proc.proc is not None
+    pid = core_proc.proc.pid
+    burst = b"".join(encode({"purpose": "ping", "id": i}) for i in range(50))
+    with socket.create_connection((core_proc.host, core_proc.port), timeout=10) as s:
+        before = _write_syscalls(pid)
+        s.sendall(burst)
+        decoder, got = FrameDecoder(), []
+        while len(got) < 50:
+            chunk = s.recv(65536)
+            assert chunk, "the core closed the connection"
+            got += decoder.feed(chunk)
+        writes = _write_syscalls(pid) - before
+    assert got == [{"purpose": "ping", "id": i, "ok": True} for i in range(50)]
+    # TCP may deliver the burst in a few reads; each read's replies are one write.
+    assert writes <= 5, f"{writes} write calls for 50 replies"
