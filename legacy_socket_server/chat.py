@@ -19,7 +19,7 @@ import logging
 import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from .contract import (
@@ -81,12 +81,12 @@ class ChatService(PasswordLogin, RoomRules):
         hash_gate: HashGate | None = None,
         max_sessions_per_user: int = MAX_SESSIONS_PER_USER,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        wall_clock: Callable[[], datetime] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         #: Seconds, only ever compared (rate limits, login lockouts).
         self.clock = clock
-        #: Message timestamps.
+        #: Message timestamps (None: the system clock).
         self.wall_clock = wall_clock
         self._loop = loop
         self.users = users
@@ -155,6 +155,11 @@ class ChatService(PasswordLogin, RoomRules):
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop timers and futures belong to: the one given, else the running one."""
         return self._loop if self._loop is not None else asyncio.get_running_loop()
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put timers and futures on ``loop`` from now on: asking asyncio for the running
+        loop costs a ``getpid`` syscall, once per held poll."""
+        self._loop = loop
 
     def cursor(self) -> int:
         return (self.boot << SEQ_BITS) | self._seq
@@ -261,11 +266,9 @@ class ChatService(PasswordLogin, RoomRules):
         rid = req.get("id")
         base: dict[str, Any] = {"purpose": purpose}
         if rid is not None:
-            if (
-                isinstance(rid, bool)
-                or not isinstance(rid, (int, str))
-                or (isinstance(rid, str) and (len(rid) > 64 or not is_text(rid)))
-            ):
+            # Decoded JSON: an id is exactly an int (not a bool), a str, or something else.
+            kind = type(rid)
+            if kind is not int and (kind is not str or len(rid) > 64 or not is_text(rid)):
                 return {
                     **base,
                     "ok": False,
@@ -409,7 +412,7 @@ class ChatService(PasswordLogin, RoomRules):
         return "room", self._room(session, req)
 
     def _take_send_token(self, user: str) -> None:
-        if not self.sends.take(user, self.clock()):
+        if self.sends.rate and not self.sends.take(user, self.clock()):
             raise ChatError("rate_limited", "you are sending too fast; wait a moment")
 
     def _send_message(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
@@ -518,6 +521,21 @@ class ChatService(PasswordLogin, RoomRules):
 
     # -- polling ----------------------------------------------------------------------
     def _poll(self, session: Session, req: dict[str, Any], base: dict[str, Any]):
+        cursor, wait_ms = req.get("cursor"), req.get("wait_ms")
+        if (
+            # The desktop client's poll, twice per message it exchanges: nothing new
+            # since a cursor of this run, so it is held at once (O(1), no merge of logs).
+            type(cursor) is int
+            and type(wait_ms) is int
+            and 0 < wait_ms <= MAX_WAIT_MS
+            and "stream" not in req
+            and session.held is None
+            and self._nothing_after(session.username, cursor)  # type: ignore[arg-type]
+        ):
+            session.stream_wait = None
+            session.cursor = cursor
+            self._hold(session, base, wait_ms / 1000)
+            return None
         cursor = get_int(req, "cursor", required=False, lo=0)
         wait_ms = get_int(req, "wait_ms", required=False, lo=0, hi=MAX_WAIT_MS) or 0
         stream = get_bool(req, "stream", required=False)
@@ -548,6 +566,16 @@ class ChatService(PasswordLogin, RoomRules):
             self._hold(session, base)
             self.loop().call_soon(self._stream_more, session)
         return reply
+
+    def _nothing_after(self, user: str, cursor: int) -> bool:
+        """True if ``cursor`` is of this run, not ahead, and no event for ``user`` follows it."""
+        seq = cursor & SEQ_MASK
+        if cursor >> SEQ_BITS != self.boot or seq > self._seq:
+            return False
+        # A log's first kept seq is above what it trimmed, so "its newest is not after
+        # seq" also means nothing after seq was trimmed away.
+        seqs, presence = self._logs[user].seqs, self._presence.seqs
+        return (not seqs or seqs[-1] <= seq) and (not presence or presence[-1] <= seq)
 
     def _hold(self, session: Session, base: dict[str, Any], wait: float | None = None) -> None:
         """Hold ``session``'s poll (``base``: its reply's first fields) for ``wait`` s,

@@ -7,8 +7,9 @@ them; all three import them from here so they cannot drift apart.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 #: Longest message text, in Unicode code points (docs/protocol.md#requests-and-replies).
 MAX_TEXT_CHARS = 10_000
@@ -41,9 +42,34 @@ def is_text(value: str) -> bool:
     return True
 
 
-def iso_timestamp(now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> str:
-    """A message timestamp: UTC, milliseconds, ``Z`` (``2026-11-24T10:00:00.123Z``)."""
+def iso_timestamp(now: Callable[[], datetime] | None = None) -> str:
+    """A message timestamp: UTC, milliseconds, ``Z`` (``2026-11-24T10:00:00.123Z``).
+
+    ``now``: a clock to read instead of the system's (tests).
+    """
+    if now is None:
+        return _stamps()
     return now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class _Stamps:
+    """Timestamps of the system clock, the date and time of day formatted once a second:
+    ``datetime.now().isoformat()`` was 6 % of the core's time per message."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        t = time.time()
+        second = int(t)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return "%s.%03dZ" % (self._prefix, int((t - second) * 1000))
+
+
+_stamps = _Stamps()
 
 
 def pair_key(a: str, b: str) -> tuple[str, str]:

@@ -71,6 +71,29 @@ async def test_poll_reset_cases(svc: ChatService, start_svc: StartService) -> No
     assert a2.ok("poll", cursor=cur)["reset"] is True
 
 
+async def test_held_poll_answers_at_once_unless_nothing_follows_its_cursor(
+    svc: ChatService,
+) -> None:
+    """A poll with ``wait_ms`` is held only when nothing is new after a cursor of this run
+    (the held poll's O(1) check, docs/performance.md#core-efficiency); otherwise it is
+    answered at once, as without ``wait_ms``."""
+    a, b = Client(svc), Client(svc)
+    cur = a.login("Alice")["cursor"]
+    b.login("Bob")  # a presence event after ``cur``
+    presence = a.ok("poll", cursor=cur, wait_ms=20_000)
+    assert presence["events"] == [{"type": "presence", "username": "Bob", "online": True}]
+    now = presence["cursor"]
+    for bad in [now + 1000, 0, 1, (now >> 32) + 1 << 32 | 5]:
+        r = a.ok("poll", cursor=bad, wait_ms=20_000)
+        assert r["reset"] is True and r["events"] == [], bad
+    m = b.send("Alice", "hi")
+    assert a.ok("poll", cursor=now, wait_ms=20_000)["events"] == [{"type": "message", "message": m}]
+    later = a.ok("poll", cursor=now)["cursor"]
+    assert a.req("poll", cursor=later, wait_ms=20_000) is None  # held: nothing new
+    m2 = b.send("Alice", "again")
+    assert a.out[-1]["events"] == [{"type": "message", "message": m2}]
+
+
 async def test_poll_reset_when_log_trimmed(
     monkeypatch: pytest.MonkeyPatch, start_svc: StartService
 ) -> None:
