@@ -137,11 +137,17 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = parse_json(raw or b"{}")  # what the core can be sent as it is
     except ValueError:
+        # The standard library decides what the fast parser refused: JSON in UTF-16 or
+        # with a byte-order mark is JSON (RFC 8259 lets a parser accept it); NaN, 1e400
+        # or "\ud800" parse but could not be sent on.
         try:
-            json.loads(raw or b"{}")
+            body = json.loads(raw or b"{}")
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError("bad_request", "the body is not valid JSON")
-        raise ApiError("bad_request", "the body holds NaN, an infinity or a lone surrogate")
+        try:
+            json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except ValueError:
+            raise ApiError("bad_request", "the body holds NaN, an infinity or a lone surrogate")
     if not isinstance(body, dict):
         raise ApiError("bad_request", "the body must be a JSON object")
     return body

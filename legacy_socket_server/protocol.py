@@ -196,12 +196,12 @@ def _decode_slowly(data: bytes | bytearray) -> Any:
 
 
 def _checked(obj: Any) -> dict[str, Any]:
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:  # decoded JSON: exactly a dict, or not an object
         raise ProtocolError("bad_request", "packet must be a JSON object")
     purpose = obj.get("purpose")
-    if not isinstance(purpose, str):
+    if type(purpose) is not str:
         raise ProtocolError("bad_request", "packet needs a string 'purpose'")
-    if not is_text(purpose):
+    if not purpose.isascii() and not is_text(purpose):
         # Every reply echoes the purpose; one JSON accepted as "\ud800" could not be sent back.
         raise ProtocolError("bad_request", "'purpose' contains a lone surrogate")
     return obj
@@ -234,7 +234,11 @@ class FrameDecoder:
         if self._dead is not None:
             raise self._dead
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+        else:
+            # Nothing held: parse ``data`` where it is (the common case: whole packets).
+            buf = data  # type: ignore[assignment]
         out: list[dict[str, Any] | ProtocolError] = []
         pos = 0
         end = len(buf)
@@ -280,6 +284,9 @@ class FrameDecoder:
             self._buf = bytearray()
             out.append(exc)
             return out
-        if pos:
+        if buf is data:
+            if pos < end:
+                self._buf += data[pos:]
+        elif pos:
             del buf[:pos]
         return out

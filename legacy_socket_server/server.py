@@ -191,22 +191,25 @@ class Connection(asyncio.Protocol):
                 self.transport.pause_reading()
         else:
             self._process(items)
-        self._watch_partial(completed=bool(items))
+        if self._partial_timer is not None or self.decoder.pending:
+            self._watch_partial(completed=bool(items))
 
     def _process(self, items: list[dict[str, Any] | ProtocolError]) -> None:
-        assert self.session is not None
+        session = self.session
+        assert session is not None
+        handle = self.service.handle
         for i, item in enumerate(items):
             if isinstance(item, ProtocolError):
                 self._deliver(item.to_reply())
                 if item.fatal:
-                    log.info("closing %s: %s", self.session.peer, item.message)
+                    log.info("closing %s: %s", session.peer, item.message)
                     self._close_after_flush()
                     return
                 continue
             try:
-                result = self.service.handle(self.session, item)
+                result = handle(session, item)
             except Exception:
-                log.exception("error handling %r from %s", item.get("purpose"), self.session.peer)
+                log.exception("error handling %r from %s", item.get("purpose"), session.peer)
                 result = {
                     "purpose": item.get("purpose"),
                     "ok": False,
@@ -215,7 +218,7 @@ class Connection(asyncio.Protocol):
                 }
             if result is not None:
                 self._deliver(result)
-            if self.session.closed:  # exit: reply, then close
+            if session.closed:  # exit: reply, then close
                 self._close_after_flush()
                 return
             if isinstance(result, asyncio.Future) and item["purpose"] == "login":
@@ -225,6 +228,12 @@ class Connection(asyncio.Protocol):
                 self._backlog = list(items[i + 1 :])
                 result.add_done_callback(self._login_decided)
                 return
+
+    def eof_received(self) -> bool | None:
+        # The peer has sent all it will (a TLS close_notify, a shutdown of its side):
+        # the transport closes after this, so what this turn made for it goes now.
+        self.send_out()
+        return None
 
     def _login_decided(self, _: object) -> None:
         backlog, self._backlog = self._backlog or [], None
@@ -407,7 +416,10 @@ class CoreServer:
     def _flush_all(self) -> None:
         conns, self._to_flush = self._to_flush, []
         for conn in conns:
-            conn.send_out()
+            try:
+                conn.send_out()
+            except Exception:  # one connection's failure must not hold up the others' replies
+                log.exception("writing to %s failed", conn.session.peer if conn.session else "?")
 
     @classmethod
     async def start(cls, config: ServerConfig) -> CoreServer:
@@ -468,6 +480,7 @@ class CoreServer:
         if self.tls is not None:
             self.tls.stop()
         self.service.closing = True
+        self._flush_all()  # replies of this loop turn go out before their connections close
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()

@@ -146,6 +146,14 @@ async def test_wrong_types_are_400_and_change_nothing(browser: Any, bob: TcpUser
     resp = await client.post("/api/messages", json={"to": "Bob", "text": "still here"})
     assert resp.status == 200, await resp.text()
     assert [m["text"] for m in await all_history(bob)] == ["still here"]
+    # JSON that is not plain UTF-8 is still JSON (RFC 8259 lets a parser take it).
+    for raw in (
+        '{"to": "Bob", "text": "utf-16 ☕"}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"to": "Bob", "text": "bom"}',
+    ):
+        resp = await client.post("/api/messages", data=raw, headers=JSON)
+        assert resp.status == 200, (raw, await resp.text())
+    assert [m["text"] for m in await all_history(bob)] == ["still here", "utf-16 ☕", "bom"]
 
 
 BAD_QUERIES = [

@@ -372,3 +372,16 @@ def test_replies_to_one_read_leave_in_one_write(core_proc: CoreProcess) -> None:
     assert got == [{"purpose": "ping", "id": i, "ok": True} for i in range(50)]
     # TCP may deliver the burst in a few reads; each read's replies are one write.
     assert writes <= 5, f"{writes} write calls for 50 replies"
+
+
+async def test_replies_of_the_turn_in_which_the_core_stops_are_sent(start_core: StartCore) -> None:
+    """A request answered in the same loop turn as the stop still gets its reply."""
+    core = await start_core()
+    reader, writer = await asyncio.open_connection("127.0.0.1", core.port)
+    await until(lambda: len(core.connections) == 1, what="the core sees the connection")
+    conn = next(iter(core.connections))
+    conn.data_received(encode({"purpose": "ping", "id": 1}))  # read in this turn...
+    await core.stop()  # ...and the core stops before the turn's writes
+    got = await asyncio.wait_for(reader.read(), 5)
+    assert got == encode({"purpose": "ping", "id": 1, "ok": True})
+    writer.close()

@@ -419,3 +419,44 @@ async def test_the_gateway_refuses_a_core_with_another_certificate(
     )
     # Nothing reached the core: no login was attempted there.
     assert "logged in" not in tls_core.log_text()
+
+
+def _tls_request_then_close_notify(port: int, packet: bytes) -> bytes:
+    """Send ``packet`` and, in the same flight, TLS close_notify; return what comes back."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # what is under test is the reply, not the certificate
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_side=False)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+                data = sock.recv(65536)
+                assert data, "the core closed the connection during the handshake"
+                incoming.write(data)
+        tls.write(packet)
+        try:
+            tls.unwrap()  # close_notify, without waiting for the core's
+        except ssl.SSLWantReadError:
+            pass
+        sock.sendall(outgoing.read())  # the request and close_notify leave together
+        got = b""
+        while data := sock.recv(65536):
+            incoming.write(data)
+            try:
+                while chunk := tls.read(65536):
+                    got += chunk
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                pass
+        return got
+
+
+def test_a_request_followed_by_close_notify_is_still_answered(tls_core: CoreProcess) -> None:
+    """The reply made in the turn that read the client's close_notify goes out before the
+    connection closes (replies wait for the end of the loop turn, docs/performance.md)."""
+    got = _tls_request_then_close_notify(tls_core.tls_port, encode({"purpose": "ping", "id": 1}))
+    assert got == encode({"purpose": "ping", "id": 1, "ok": True})
