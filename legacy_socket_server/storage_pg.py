@@ -1,0 +1,278 @@
+"""Chat history on PostgreSQL: the journal's records as rows (issue 14, first step).
+
+The same interface as the file store (:class:`~legacy_socket_server.store.HistoryStore`):
+:meth:`PgHistoryStore.load` hands the service its :class:`HistoryState` at start, and
+:meth:`PgHistoryStore.append` takes the very records the file journal takes (``message``,
+``read``, ``room``, ``member``) and returns a future that completes once they are
+committed. Records appended in one loop turn share one transaction (group commit, as
+``--fsync always`` shares one fsync), written by one connection in order, so commits
+happen in the order of the records. Applying a record twice changes nothing (an existing
+message id is kept, markers only move forward), as replaying the journal does.
+
+While the database is unreachable every future fails with :class:`StorageUnavailable`
+and the store reconnects by itself on the next write. Not yet wired into the core:
+docs/scaling.md says what remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import asyncpg
+
+from .storage_files import StorageUnavailable, StoreError
+from .store import HistoryState
+
+log = logging.getLogger(__name__)
+
+#: Schema changes in order; ``schema_version`` holds how many have run. A hand-kept
+#: list rather than a migration tool: the schema is small and owned by this one
+#: program, and each step runs in the transaction that records it.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
+    INSERT INTO meta VALUES ('boot', 0);
+    CREATE TABLE messages (
+        id bigint PRIMARY KEY,
+        sender text NOT NULL,
+        recipient text,
+        room text,
+        text text NOT NULL,
+        ts text NOT NULL,
+        client_msg_id text,
+        CHECK ((recipient IS NULL) <> (room IS NULL))
+    );
+    CREATE INDEX messages_room ON messages (room, id) WHERE room IS NOT NULL;
+    CREATE INDEX messages_pair
+        ON messages (LEAST(sender, recipient), GREATEST(sender, recipient), id)
+        WHERE recipient IS NOT NULL;
+    CREATE TABLE read_markers (
+        username text, peer text, up_to bigint NOT NULL, PRIMARY KEY (username, peer)
+    );
+    CREATE TABLE rooms (name text PRIMARY KEY, private boolean NOT NULL);
+    CREATE TABLE memberships (
+        room text REFERENCES rooms ON DELETE CASCADE, username text,
+        PRIMARY KEY (room, username)
+    );
+    CREATE TABLE room_markers (
+        username text, room text, up_to bigint NOT NULL, PRIMARY KEY (username, room)
+    );
+    CREATE TABLE enrolled (username text PRIMARY KEY);
+    """,
+)
+
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, sender, recipient, room, text, ts, client_msg_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
+)
+_MARKER = (
+    "INSERT INTO {table} AS t (username, {key}, up_to) VALUES ($1, $2, $3)"
+    " ON CONFLICT (username, {key}) DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to)"
+)
+_READ_MARKER = _MARKER.format(table="read_markers", key="peer")
+_ROOM_MARKER = _MARKER.format(table="room_markers", key="room")
+
+
+async def migrate(conn: asyncpg.Connection) -> int:
+    """Bring the schema up to date; return its version. Refuses a newer schema."""
+    async with conn.transaction():
+        # One core migrates at a time; the others wait here, then find nothing to do.
+        await conn.execute("SELECT pg_advisory_xact_lock(4711)")
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version int NOT NULL)")
+        version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database's schema is version {version}, newer than this program "
+                f"knows ({len(MIGRATIONS)}): run the newer version of the core"
+            )
+        for step in range(version, len(MIGRATIONS)):
+            await conn.execute(MIGRATIONS[step])
+            await conn.execute("INSERT INTO schema_version VALUES ($1)", step + 1)
+            log.info("database schema migrated to version %d", step + 1)
+    return len(MIGRATIONS)
+
+
+class PgHistoryStore:
+    """History in PostgreSQL: open with ``await PgHistoryStore.open(url)``."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._state: HistoryState | None = None
+        self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(cls, url: str, *, connect_timeout: float = 10.0) -> PgHistoryStore:
+        """Connect, migrate, count this start (``boot``) and read the history."""
+        self = cls(url, connect_timeout=connect_timeout)
+        conn = await self._connect()
+        await migrate(conn)
+        async with conn.transaction():
+            boot = await conn.fetchval(
+                "UPDATE meta SET value = value + 1 WHERE key = 'boot' RETURNING value"
+            )
+            self._state = await self._read_state(conn, boot)
+        return self
+
+    async def _connect(self) -> asyncpg.Connection:
+        try:
+            self._conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            raise StorageUnavailable(f"cannot reach the database: {exc}") from None
+        return self._conn
+
+    @staticmethod
+    async def _read_state(conn: asyncpg.Connection, boot: int) -> HistoryState:
+        state = HistoryState(boot=boot)
+        rows = await conn.fetch(
+            "SELECT id, sender, recipient, room, text, ts, client_msg_id FROM messages ORDER BY id"
+        )
+        for r in rows:
+            msg: dict[str, Any] = {"id": r["id"], "from": r["sender"]}
+            if r["room"] is None:
+                msg["to"] = r["recipient"]
+            else:
+                msg["room"] = r["room"]
+            msg["text"] = r["text"]
+            msg["ts"] = r["ts"]
+            if r["client_msg_id"] is not None:
+                msg["client_msg_id"] = r["client_msg_id"]
+            state.messages.append(msg)
+        state.next_id = state.messages[-1]["id"] + 1 if state.messages else 1
+        for r in await conn.fetch("SELECT username, peer, up_to FROM read_markers"):
+            state.markers.setdefault(r["username"], {})[r["peer"]] = r["up_to"]
+        for r in await conn.fetch("SELECT name, private FROM rooms"):
+            state.rooms[r["name"]] = {"private": r["private"], "members": set()}
+        for r in await conn.fetch("SELECT room, username FROM memberships"):
+            state.rooms[r["room"]]["members"].add(r["username"])
+        for r in await conn.fetch("SELECT username, room, up_to FROM room_markers"):
+            state.room_markers.setdefault(r["username"], {})[r["room"]] = r["up_to"]
+        state.enrolled = {r["username"] for r in await conn.fetch("SELECT username FROM enrolled")}
+        return state
+
+    # -- the file store's interface ----------------------------------------------------
+    def load(self) -> HistoryState:
+        if self._state is None:
+            raise RuntimeError("open the store with 'await PgHistoryStore.open(url)'")
+        return self._state
+
+    def append(self, record: dict[str, Any]) -> asyncio.Future[None]:
+        """Queue ``record``; the future completes when it is committed."""
+        if self._closed:
+            raise StorageUnavailable("the history store is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((record, fut))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+        return fut
+
+    def needs_compaction(self) -> bool:
+        return False  # the database keeps its own files
+
+    def compact_in_background(self, snapshot: Any) -> bool:
+        return False
+
+    def compact_now(self, state: HistoryState) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        """Let queued records commit, then disconnect."""
+        self._closed = True
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # -- writing ------------------------------------------------------------------------
+    async def _write_queued(self) -> None:
+        try:
+            while self._queue:
+                # What was appended during the last commit goes in the next one.
+                batch, self._queue = self._queue, []
+                try:
+                    await self._commit([record for record, _ in batch])
+                except StorageUnavailable as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._writer = None
+
+    async def _commit(self, records: list[dict[str, Any]]) -> None:
+        conn = self._conn
+        try:
+            if conn is None or conn.is_closed():
+                conn = await self._connect()
+            async with conn.transaction():
+                for record in records:
+                    await self._apply(conn, record)
+        except (TimeoutError, OSError, asyncpg.PostgresConnectionError) as exc:
+            await self._drop_connection()
+            raise StorageUnavailable(f"the database did not take the write: {exc}") from None
+        except asyncpg.PostgresError as exc:
+            if conn is not None and conn.is_closed():
+                await self._drop_connection()
+            raise StorageUnavailable(f"the database refused the write: {exc}") from None
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    @staticmethod
+    async def _apply(conn: asyncpg.Connection, rec: dict[str, Any]) -> None:
+        op = rec.get("op")
+        if op == "message":
+            m = rec["message"]
+            await conn.execute(
+                _INSERT_MESSAGE,
+                m["id"],
+                m["from"],
+                m.get("to"),
+                m.get("room"),
+                m["text"],
+                m["ts"],
+                m.get("client_msg_id"),
+            )
+        elif op == "read":
+            if "room" in rec:
+                await conn.execute(_ROOM_MARKER, rec["user"], rec["room"], rec["up_to"])
+            else:
+                await conn.execute(_READ_MARKER, rec["user"], rec["with"], rec["up_to"])
+        elif op == "room":
+            await conn.execute(
+                "INSERT INTO rooms VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                rec["room"],
+                rec["private"],
+            )
+        elif op == "member":
+            await PgHistoryStore._apply_membership(conn, rec)
+        # Anything else (``boot``: counted in ``meta`` at open) has no row.
+
+    @staticmethod
+    async def _apply_membership(conn: asyncpg.Connection, rec: dict[str, Any]) -> None:
+        """As :func:`~legacy_socket_server.store.apply_membership`: a membership of an
+        unknown room is ignored; otherwise the user counts as enrolled."""
+        if not await conn.fetchval("SELECT 1 FROM rooms WHERE name = $1", rec["room"]):
+            return
+        user, room = rec["user"], rec["room"]
+        await conn.execute("INSERT INTO enrolled VALUES ($1) ON CONFLICT DO NOTHING", user)
+        if rec["joined"]:
+            await conn.execute(
+                "INSERT INTO memberships VALUES ($1, $2) ON CONFLICT DO NOTHING", room, user
+            )
+            await conn.execute(_ROOM_MARKER, user, room, rec.get("marker", 0))
+        else:
+            await conn.execute(
+                "DELETE FROM memberships WHERE room = $1 AND username = $2", room, user
+            )
