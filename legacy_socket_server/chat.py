@@ -68,6 +68,15 @@ MAX_SESSIONS_PER_USER = 32
 ALLOWED_BEFORE_LOGIN = frozenset({"login", "resume", "ping", "exit"})
 
 
+def _storage_unavailable(base: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **base,
+        "ok": False,
+        "error": "storage_unavailable",
+        "message": "the server could not confirm the write",
+    }
+
+
 class ChatService(PasswordLogin, RoomRules):
     def __init__(
         self,
@@ -101,6 +110,13 @@ class ChatService(PasswordLogin, RoomRules):
         self._messages: list[dict[str, Any]] = []
         self._convs: dict[tuple[str, str], ConversationIndex] = {}
         self._dedup: dict[tuple[str, str], dict[str, Any]] = {}
+        #: A store whose write is done only when its future is (PostgreSQL): a change
+        #: is applied (kept, seen by others) once committed, and not at all if the commit
+        #: fails. The file store's write is in the OS on return: applied at once.
+        self.commit_first: bool = getattr(history, "commit_first", False)
+        #: Messages written but not yet committed, by (sender, client_msg_id): a retry
+        #: meanwhile is answered with the same message, never stored twice.
+        self._inflight: dict[tuple[str, str], tuple[asyncio.Future[None], dict[str, Any]]] = {}
         self._load_rooms(state)
         for msg in state.messages:
             self._index(msg)
@@ -424,6 +440,10 @@ class ChatService(PasswordLogin, RoomRules):
             original = self._dedup.get((sender, cmid))
             if original is not None:
                 return {"message": original}
+            inflight = self._inflight.get((sender, cmid))
+            if inflight is not None:
+                pending, message = inflight
+                return self._commit_then(pending, base, lambda: {"message": message})
         if not text or text.isspace():  # (what strip() removes, without copying the text)
             raise ChatError("empty_text", "message text is empty")
         if len(text) > MAX_TEXT_CHARS:
@@ -440,11 +460,52 @@ class ChatService(PasswordLogin, RoomRules):
             msg["client_msg_id"] = cmid
         commit = self._write({"op": "message", "message": msg}, "messages")
         self._next_id += 1
-        self._index(msg)
-        recipients = (sender, target) if kind == "peer" else target.members
-        self._emit_many(recipients, {"type": "message", "message": msg})
-        self._maybe_compact()
-        return self._after_commit(commit, base, {"message": msg})
+
+        def apply() -> dict[str, Any]:
+            self._index(msg)
+            recipients = (sender, target) if kind == "peer" else target.members
+            self._emit_many(recipients, {"type": "message", "message": msg})
+            self._maybe_compact()
+            return {"message": msg}
+
+        if cmid is not None and commit is not None and self.commit_first:
+            key = (sender, cmid)
+            self._inflight[key] = (commit, msg)
+            commit.add_done_callback(lambda _: self._inflight.pop(key, None))
+        return self._commit_then(commit, base, apply)
+
+    def _commit_then(
+        self,
+        commit: asyncio.Future[None] | None,
+        base: dict[str, Any],
+        apply: Callable[[], dict[str, Any]],
+    ) -> dict[str, Any] | asyncio.Future[dict[str, Any]]:
+        """Apply a journaled change and reply: at once with the file store (the reply
+        waits for the fsync if asked), after the commit with a commit-first store, where
+        a failed commit applies nothing and answers ``storage_unavailable``."""
+        if commit is None or not self.commit_first:
+            return self._after_commit(commit, base, apply())
+        reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
+
+        def done(f: asyncio.Future[None]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                reply.set_result(_storage_unavailable(base))
+                return
+            try:
+                reply.set_result({**base, "ok": True, **apply()})
+            except Exception:  # a bug must not leave the request unanswered
+                log.exception("applying a committed %r failed", base.get("purpose"))
+                reply.set_result(
+                    {
+                        **base,
+                        "ok": False,
+                        "error": "internal_error",
+                        "message": "the server failed on this request",
+                    }
+                )
+
+        commit.add_done_callback(done)
+        return reply
 
     def _after_commit(self, commit: asyncio.Future[None] | None, base: dict, fields: dict):
         if commit is None:
@@ -453,14 +514,7 @@ class ChatService(PasswordLogin, RoomRules):
 
         def done(f: asyncio.Future[None]) -> None:
             if f.exception() is not None:
-                reply.set_result(
-                    {
-                        **base,
-                        "ok": False,
-                        "error": "storage_unavailable",
-                        "message": "the server could not confirm the write",
-                    }
-                )
+                reply.set_result(_storage_unavailable(base))
             else:
                 reply.set_result({**base, "ok": True, **fields})
 
@@ -514,10 +568,16 @@ class ChatService(PasswordLogin, RoomRules):
         if new == old:
             return {"up_to": new}
         commit = self._write({"op": "read", "user": user, field: key, "up_to": new})
-        marks[key] = new
-        self._maybe_compact()
-        self._emit(user, {"type": "read", field: key, "up_to": new}, skip=0 if echo else session.id)
-        return self._after_commit(commit, base, {"up_to": new})
+
+        def apply() -> dict[str, Any]:
+            moved = max(marks.get(key, 0), new)  # another read may have committed meanwhile
+            marks[key] = moved
+            self._maybe_compact()
+            event = {"type": "read", field: key, "up_to": moved}
+            self._emit(user, event, skip=0 if echo else session.id)
+            return {"up_to": moved}
+
+        return self._commit_then(commit, base, apply)
 
     # -- polling ----------------------------------------------------------------------
     def _poll(self, session: Session, req: dict[str, Any], base: dict[str, Any]):

@@ -115,6 +115,7 @@ class RoomRules:
     users: Any
     history: Any
     _rooms: dict[str, Room]
+    _creating: set[str]
     _room_markers: dict[str, dict[str, int]]
     _enrolled: set[str]
     _online: dict[str, set[Session]]
@@ -122,6 +123,8 @@ class RoomRules:
     _emit_many: Callable[..., None]
     _maybe_compact: Callable[[], None]
     _after_commit: Callable[..., Any]
+    _commit_then: Callable[..., Any]
+    commit_first: bool
     cursor: Callable[[], int]
     is_online: Callable[[str], bool]
 
@@ -132,6 +135,8 @@ class RoomRules:
         }
         self._room_markers = state.room_markers
         self._enrolled = state.enrolled
+        #: Rooms whose creation is being committed (a commit-first store).
+        self._creating: set[str] = set()
 
     def _room_state(self) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, int]]]:
         rooms = {n: {"private": r.private, "members": r.members} for n, r in self._rooms.items()}
@@ -172,11 +177,31 @@ class RoomRules:
                 self._set_member(room, gone, False)
 
     def _set_member(self, room: Room, user: str, joined: bool) -> Any:
-        """Journal and apply a membership change; tell the room and the user."""
+        """Journal and apply a membership change now; tell the room and the user.
+
+        The core's own changes (enrolment) and the rooms CLI: nobody waits for a reply,
+        so it is applied at once with any store; a commit that fails is logged and the
+        user is enrolled again at the next start.
+        """
+        commit = self._write(self._member_record(room, user, joined))
+        self._apply_member(room, user, joined)
+        if commit is not None and self.commit_first:
+
+            def check(f: Any) -> None:
+                if f.exception() is not None:
+                    log.error("%s in %r: not stored: %s", user, room.name, f.exception())
+
+            commit.add_done_callback(check)
+        return commit
+
+    @staticmethod
+    def _member_record(room: Room, user: str, joined: bool) -> dict[str, Any]:
         record: dict[str, Any] = {"op": "member", "room": room.name, "user": user, "joined": joined}
         if joined:
             record["marker"] = room.newest
-        commit = self._write(record)
+        return record
+
+    def _apply_member(self, room: Room, user: str, joined: bool) -> None:
         self._enrolled.add(user)
         if joined:
             room.members.add(user)
@@ -190,7 +215,20 @@ class RoomRules:
             tell, {"type": "member", "room": room.name, "username": user, "joined": joined}
         )
         self._emit(user, {"type": "room", "room": self.room_view(user, room)})
-        return commit
+
+    def _change_member(
+        self, room: Room, user: str, joined: bool, base: dict[str, Any], reply: Callable[[], dict]
+    ) -> Any:
+        """A member's request: journal the change, apply it (after the commit with a
+        commit-first store) and answer with ``reply()``."""
+        commit = self._write(self._member_record(room, user, joined))
+
+        def apply() -> dict[str, Any]:
+            if (user in room.members) != joined:  # a request in flight may have done it
+                self._apply_member(room, user, joined)
+            return reply()
+
+        return self._commit_then(commit, base, apply)
 
     # -- views -------------------------------------------------------------------------
     def visible(self, user: str, room: Room) -> bool:
@@ -244,47 +282,59 @@ class RoomRules:
             raise BadRequest("field 'members' must be a list of user names")
         if len(members) > MAX_CREATE_MEMBERS:
             raise BadRequest(f"at most {MAX_CREATE_MEMBERS} members at once")
-        if name in self._rooms:
+        if name in self._rooms or name in self._creating:
             raise ChatError("room_exists", f"a room named {name!r} exists already")
         self.users.refresh()
         for m in members:
             if not self.users.exists(m):
                 raise ChatError("unknown_user", f"no user named {m!r}")
         self._take_send_token(user)
+        room = Room(name, private)
         commit = self._write({"op": "room", "room": name, "private": private})
-        room = self._rooms[name] = Room(name, private)
-        log.info("%s created the %s room %r", user, "private" if private else "public", name)
-        for m in sorted({user, *members}):
-            commit = self._set_member(room, m, True) or commit
-        if not private:
-            # Everyone can see a new public room: tell those who are not in it.
-            outsiders = [n for n in self.users.names() if n not in room.members]
-            for n in outsiders:
-                self._emit(n, {"type": "room", "room": self.room_view(n, room)})
-        return self._after_commit(commit, base, {"room": self.room_view(user, room)})
+        joining = sorted({user, *members})
+        for m in joining:
+            # Written together, so committed together (one transaction, or one journal).
+            commit = self._write(self._member_record(room, m, True)) or commit
+
+        def apply() -> dict[str, Any]:
+            self._creating.discard(name)
+            self._rooms[name] = room
+            log.info("%s created the %s room %r", user, "private" if private else "public", name)
+            for m in joining:
+                self._apply_member(room, m, True)
+            if not private:
+                # Everyone can see a new public room: tell those who are not in it.
+                outsiders = [n for n in self.users.names() if n not in room.members]
+                for n in outsiders:
+                    self._emit(n, {"type": "room", "room": self.room_view(n, room)})
+            self._maybe_compact()
+            return {"room": self.room_view(user, room)}
+
+        if commit is not None and self.commit_first:
+            self._creating.add(name)  # taken while it commits
+            commit.add_done_callback(lambda _: self._creating.discard(name))
+        return self._commit_then(commit, base, apply)
 
     def _join_room(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         user: str = session.username  # type: ignore[assignment]
         room = self._room(session, req, member=False)
-        commit = None
-        if user not in room.members:
-            commit = self._set_member(room, user, True)
-        return self._after_commit(commit, base, {"room": self.room_view(user, room)})
+        view = lambda: {"room": self.room_view(user, room)}  # noqa: E731
+        if user in room.members:
+            return view()
+        return self._change_member(room, user, True, base, view)
 
     def _leave_room(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         room = self._room(session, req)
-        commit = self._set_member(room, session.username, False)  # type: ignore[arg-type]
-        return self._after_commit(commit, base, {})
+        return self._change_member(room, session.username, False, base, dict)  # type: ignore[arg-type]
 
     def _add_member(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         room = self._room(session, req)
         other = get_str(req, "username", max_len=64)
         if not self.users.exists(other) and not (self.users.refresh() and self.users.exists(other)):
             raise ChatError("unknown_user", f"no user named {other!r}")
-        commit = None
-        if other not in room.members:
-            commit = self._set_member(room, other, True)
-        return self._after_commit(commit, base, {})
+        if other in room.members:
+            return {}
+        return self._change_member(room, other, True, base, dict)
 
     def _room_members(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
         room = self._room(session, req)

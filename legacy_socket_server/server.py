@@ -38,6 +38,8 @@ from .settings import (
     setup_logging,
     wait_for_stop_signal,
 )
+from .storage_files import StorageUnavailable, StoreError
+from .storage_pg import PgHistoryStore
 from .store import MIN_COMPACT_BYTES, HistoryStore
 from .tls import (
     DEFAULT_NAMES,
@@ -100,6 +102,8 @@ class ServerConfig:
     max_sessions_per_user: int = MAX_SESSIONS_PER_USER
     #: A second listener with TLS (docs/protocol.md#tls); None: off.
     tls: TLSListener | None = None
+    #: Keep the history in this PostgreSQL database instead of the data dir's files.
+    database_url: str | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -221,10 +225,13 @@ class Connection(asyncio.Protocol):
             if session.closed:  # exit: reply, then close
                 self._close_after_flush()
                 return
-            if isinstance(result, asyncio.Future) and item["purpose"] == "login":
-                # Later requests may depend on being logged in: hold them until
-                # it is decided. Reading goes on (so a hang-up is noticed and the
-                # waiting check is dropped unhashed) until the held ones are many.
+            if isinstance(result, asyncio.Future) and (
+                item["purpose"] == "login" or self.service.commit_first
+            ):
+                # Later requests may depend on this one (being logged in; with a
+                # commit-first store, seeing its write): hold them until it is
+                # decided. Reading goes on (so a hang-up is noticed and the waiting
+                # check is dropped unhashed) until the held ones are many.
                 self._backlog = list(items[i + 1 :])
                 result.add_done_callback(self._login_decided)
                 return
@@ -378,12 +385,18 @@ class Connection(asyncio.Protocol):
 class CoreServer:
     """The running core: ``await CoreServer.start(config)``, then ``await stop()``."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, history: PgHistoryStore | None = None) -> None:
         self.config = config
         data_dir = prepare_data_dir(Path(config.data_dir))
+        self.pg = history
+        files = None
+        if history is None:
+            files = HistoryStore(
+                data_dir, fsync=config.fsync, min_compact_bytes=config.min_compact_bytes
+            )
         self.service = ChatService(
             UserStore(data_dir, create_demo=config.demo_users),
-            HistoryStore(data_dir, fsync=config.fsync, min_compact_bytes=config.min_compact_bytes),
+            history or files,  # type: ignore[arg-type]
             TokenStore(data_dir, fsync=config.fsync == "always"),
             max_frame_bytes=config.max_frame_bytes,
             send_burst=config.send_burst,
@@ -423,7 +436,13 @@ class CoreServer:
 
     @classmethod
     async def start(cls, config: ServerConfig) -> CoreServer:
-        self = cls(config)
+        history = None
+        if config.database_url is not None:
+            try:
+                history = await PgHistoryStore.open(config.database_url)
+            except StorageUnavailable as exc:
+                raise StoreError(f"{exc} (--database-url / CHAT_DATABASE_URL)") from None
+        self = cls(config, history)
         loop = self._loop = asyncio.get_running_loop()
         self.service.bind_loop(loop)
         try:
@@ -436,6 +455,8 @@ class CoreServer:
             if self._server is not None:
                 self._server.close()
             self.service.history.close()
+            if self.pg is not None:
+                await self.pg.aclose()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
@@ -489,6 +510,8 @@ class CoreServer:
             await listener.wait_closed()
         self._server = self._tls_server = None
         self.service.close()
+        if self.pg is not None:
+            await self.pg.aclose()  # what was queued commits first
         log.info("chat core stopped; history compacted")
 
 
@@ -583,6 +606,16 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         metavar="1|0",
         help="create Alice, Bob and Charlie in a data directory that has no users",
     )
+    p.add_setting(
+        "--database-url",
+        env="CHAT_DATABASE_URL",
+        type=database_url,
+        default=None,
+        metavar="URL",
+        help="postgresql://USER:PASSWORD@HOST:PORT/DB: keep the history (messages, rooms, "
+        "read markers) in PostgreSQL instead of files in --data-dir (users and tokens stay "
+        "there); the schema is created on first start",
+    )
     add_tls(p)
     add_log_level(p)
     p.add_argument(
@@ -591,6 +624,14 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="send one ping to --host:--port and exit 0 if it answers (docker)",
     )
     return p
+
+
+def database_url(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(
+            f"expected postgresql://USER:PASSWORD@HOST:PORT/DB, got {value.split('@')[-1]!r}"
+        )
+    return value
 
 
 def send_limit_problem(args: argparse.Namespace) -> str | None:
@@ -680,6 +721,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         send_rate=args.send_rate,
         send_burst=args.send_burst,
         tls=tls_from_args(args),
+        database_url=args.database_url,
     )
 
 

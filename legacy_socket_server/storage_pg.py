@@ -10,8 +10,8 @@ happen in the order of the records. Applying a record twice changes nothing (an 
 message id is kept, markers only move forward), as replaying the journal does.
 
 While the database is unreachable every future fails with :class:`StorageUnavailable`
-and the store reconnects by itself on the next write. Not yet wired into the core:
-docs/scaling.md says what remains.
+and the store reconnects by itself on the next write. The core uses it with
+``--database-url`` (one core for now: docs/scaling.md says what remains).
 """
 
 from __future__ import annotations
@@ -97,6 +97,10 @@ async def migrate(conn: asyncpg.Connection) -> int:
 class PgHistoryStore:
     """History in PostgreSQL: open with ``await PgHistoryStore.open(url)``."""
 
+    #: A record is kept only once its future is done: the service applies a change
+    #: after the commit, and not at all if it fails (``ChatService._commit_then``).
+    commit_first = True
+
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
@@ -180,6 +184,15 @@ class PgHistoryStore:
     def compact_now(self, state: HistoryState) -> None:
         pass
 
+    async def raise_boot(self, boot: int) -> None:
+        """Make every later start's ``boot`` greater than ``boot`` (an imported history's)."""
+        conn = self._conn if self._conn is not None else await self._connect()
+        await conn.execute("UPDATE meta SET value = GREATEST(value, $1) WHERE key = 'boot'", boot)
+
+    def close(self) -> None:
+        """Take no more records (the service's shutdown); :meth:`aclose` disconnects."""
+        self._closed = True
+
     async def aclose(self) -> None:
         """Let queued records commit, then disconnect."""
         self._closed = True
@@ -216,13 +229,15 @@ class PgHistoryStore:
             async with conn.transaction():
                 for record in records:
                     await self._apply(conn, record)
-        except (TimeoutError, OSError, asyncpg.PostgresConnectionError) as exc:
-            await self._drop_connection()
-            raise StorageUnavailable(f"the database did not take the write: {exc}") from None
+        except StorageUnavailable:
+            raise
         except asyncpg.PostgresError as exc:
-            if conn is not None and conn.is_closed():
+            if conn is None or conn.is_closed() or isinstance(exc, asyncpg.PostgresConnectionError):
                 await self._drop_connection()
             raise StorageUnavailable(f"the database refused the write: {exc}") from None
+        except Exception as exc:  # the connection broke (reset, closed, timed out): a new one
+            await self._drop_connection()
+            raise StorageUnavailable(f"the database did not take the write: {exc!r}") from None
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -21,6 +22,9 @@ from legacy_socket_server.chat import ChatService
 from legacy_socket_server.server import CoreServer, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from _pg_server import PgServer, find_bin  # noqa: E402
+
 DEMO_USERS = {"Alice": "123", "Bob": "456", "Charlie": "789"}
 IN_CI = bool(os.environ.get("CI"))
 
@@ -166,18 +170,61 @@ def bob_peer(core_proc: CoreProcess) -> Iterator[Peer]:
 StartCore = Callable[..., Awaitable[CoreServer]]
 
 
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL for the whole run (bench/_pg_server.py); tests get databases."""
+    if find_bin() is None:
+        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
+    # In the system's temp dir: the server's user must reach it (pytest's are private).
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+_databases = itertools.count(1)
+
+
+async def new_database(server: PgServer) -> str:
+    """A new, empty database on ``server``; its URL."""
+    import asyncpg  # noqa: PLC0415 - only the PostgreSQL tests need it
+
+    name = f"chat_{os.getpid()}_{next(_databases)}"
+    admin = await asyncpg.connect(server.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return server.url(name)
+
+
+@pytest.fixture
+def store_kind() -> str:
+    """Where in-process cores keep their history; a module may parametrize it with
+    ``"postgres"`` to run its tests against both stores (docs/scaling.md)."""
+    return "files"
+
+
 @pytest.fixture
 async def start_core(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    store_kind: str,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[StartCore]:
     """Start in-process cores on port 0 with the demo users: ``await start_core(data=None,
-    **ServerConfig overrides)``. Each gets a fresh data dir unless ``data`` is given (the
-    same dir again is a restart). Those still running at the end are stopped."""
+    **ServerConfig overrides)``. Each gets a fresh data dir (and, with ``store_kind``
+    ``"postgres"``, a fresh database) unless ``data`` is given (the same dir again is a
+    restart, on the same database). Those still running at the end are stopped."""
     servers: list[CoreServer] = []
+    databases: dict[Path, str] = {}
 
     async def start(data: Path | None = None, **overrides: Any) -> CoreServer:
         data = data or tmp_path / f"data{len(servers)}"
         seed_users(data, tmp_path_factory.getbasetemp() / "users-template")
+        if store_kind == "postgres" and "database_url" not in overrides:
+            if data not in databases:
+                databases[data] = await new_database(request.getfixturevalue("pg_server"))
+            overrides["database_url"] = databases[data]
         server = await CoreServer.start(ServerConfig(port=0, data_dir=data, **overrides))
         servers.append(server)
         return server

@@ -22,6 +22,12 @@ from legacy_socket_server.protocol import encode
 from legacy_socket_server.server import CoreServer
 
 
+@pytest.fixture(params=["files", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every in-process core here runs on the file store and on PostgreSQL."""
+    return request.param
+
+
 async def chatting_pair(core: CoreServer) -> tuple[RawClient, RawClient]:
     alice = await RawClient.to(core)
     bob = await RawClient.to(core)
@@ -165,6 +171,7 @@ async def test_hostile_payloads_get_their_error(
     await assert_still_chatting(alice, bob, f"after {code}")
 
 
+@pytest.mark.parametrize("store_kind", ["files"])  # PostgreSQL down: test_storage_pg.py
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS], ids=["disk-full", "read-only"])
 async def test_disk_full_refuses_sends_keeps_reads_and_recovers(
     start_core: StartCore, tmp_path: Path, err: int

@@ -26,6 +26,12 @@ from legacy_socket_server.server import CoreServer
 Connect = Callable[..., Awaitable[RawClient]]
 
 
+@pytest.fixture(params=["files", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every in-process core here runs on the file store and on PostgreSQL."""
+    return request.param
+
+
 @pytest.fixture
 async def connect() -> AsyncIterator[Connect]:
     """Open a raw connection to a core from a chosen loopback address."""

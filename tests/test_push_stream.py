@@ -20,6 +20,12 @@ from legacy_socket_server.client import CoreClient, CoreUnavailable, _PollStream
 from legacy_socket_server.server import CoreServer
 
 
+@pytest.fixture(params=["files", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every in-process core here runs on the file store and on PostgreSQL."""
+    return request.param
+
+
 def texts(reply: dict[str, Any]) -> list[str]:
     return [e["message"]["text"] for e in reply["events"] if e["type"] == "message"]
 

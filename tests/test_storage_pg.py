@@ -6,44 +6,27 @@ database going away and coming back, and migrate its schema once.
 
 from __future__ import annotations
 
-import itertools
+import os
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from conftest import ROOT, missing
+from _pg_server import PgServer, find_bin
+from conftest import ROOT, StartCore, missing, new_database
+from core_helpers import RawClient, whole_history
+from waiting import until
 
 from legacy_socket_server.storage_files import StorageUnavailable, StoreError
 from legacy_socket_server.storage_pg import MIGRATIONS, PgHistoryStore
 from legacy_socket_server.store import HistoryState, HistoryStore
 
-sys.path.insert(0, str(ROOT / "bench"))
-from _pg_server import PgServer, find_bin  # noqa: E402
-
-_databases = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def pg_server() -> Iterator[PgServer]:
-    if find_bin() is None:
-        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
-    # In the system's temp dir: the server's user must reach it (pytest's are private).
-    server = PgServer().start()
-    yield server
-    server.stop()
-
 
 @pytest.fixture
-async def pg_url(pg_server: PgServer) -> AsyncIterator[str]:
-    """A new, empty database for each test."""
-    name = f"chat_{next(_databases)}"
-    admin = await asyncpg.connect(pg_server.url())
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    yield pg_server.url(name)
+async def pg_url(pg_server: PgServer) -> str:
+    return await new_database(pg_server)
 
 
 def msg(i: int, frm: str, **where: str) -> dict[str, Any]:
@@ -155,3 +138,94 @@ async def test_unreachable_database() -> None:
             await PgHistoryStore.open(f"postgresql://postgres@127.0.0.1:{server.port}/nope")
     finally:
         server.stop()
+
+
+async def test_the_core_rides_out_a_database_outage(start_core: StartCore) -> None:
+    """PostgreSQL stopped and started again under a running core: sends answer
+    ``storage_unavailable`` meanwhile and keep nothing, reads and pings go on, nothing
+    crashes, and sending works again without restarting anything; after a restart the
+    history holds exactly what was acknowledged, a retried ``client_msg_id`` once."""
+    if find_bin() is None:
+        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
+    server = PgServer().start()
+    try:
+        url = await new_database(server)
+        core = await start_core(database_url=url)
+        alice, bob = await RawClient.to(core), await RawClient.to(core)
+        await alice.login("Alice")
+        await bob.login("Bob")
+        acked = [
+            (await alice.call("send_message", to="Bob", text=f"before {i}"))["message"]["id"]
+            for i in range(5)
+        ]
+        server.pause()
+        for i in range(3):
+            r = await alice.request("send_message", to="Bob", text=f"lost {i}", client_msg_id="x")
+            assert (r["ok"], r["error"]) == (False, "storage_unavailable"), r
+        assert [m["id"] for m in await whole_history(bob, "Alice")] == acked  # reads go on
+        assert (await bob.call("ping"))["ok"] is True
+        server.resume()
+
+        async def send_after() -> dict[str, Any] | None:
+            r = await alice.request("send_message", to="Bob", text="after", client_msg_id="x")
+            return r if r["ok"] else None
+
+        retried = await until(send_after, what="a send succeeds once PostgreSQL is back")
+        again = await alice.call("send_message", to="Bob", text="after", client_msg_id="x")
+        assert again["message"] == retried["message"]  # the retry is the same message
+        acked.append(retried["message"]["id"])
+        await core.stop()
+        restarted = await start_core(data=core.config.data_dir, database_url=url)
+        reader = await RawClient.to(restarted)
+        await reader.login("Bob")
+        kept = await whole_history(reader, "Alice")
+        assert [m["id"] for m in kept] == acked
+        assert [m["text"] for m in kept] == [*(f"before {i}" for i in range(5)), "after"]
+    finally:
+        server.stop()
+
+
+async def test_a_data_directory_is_imported_once(
+    start_core: StartCore, pg_server: PgServer, tmp_path: Path
+) -> None:
+    """A history made on files (messages, a room, read markers) moves to PostgreSQL with
+    ``python -m legacy_socket_server.migrate``; a core on the database serves it as it
+    was, and a second import is refused."""
+    files = await start_core()
+    alice, bob = await RawClient.to(files), await RawClient.to(files)
+    await alice.login("Alice")
+    await bob.login("Bob")
+    await alice.call("create_room", room="ops", members=["Bob"])
+    sent = [
+        (await alice.call("send_message", to="Bob", text="direct ☕"))["message"],
+        (await bob.call("send_message", room="ops", text="in the room"))["message"],
+    ]
+    await bob.call("read", **{"with": "Alice"}, up_to=sent[0]["id"])
+    old_cursor = (await bob.call("poll"))["cursor"]
+    data = files.config.data_dir
+    await files.stop()
+    url = await new_database(pg_server)
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "legacy_socket_server.migrate", str(data)],
+            env={**os.environ, "CHAT_DATABASE_URL": url},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = migrate()
+    assert done.returncode == 0, done.stderr
+    assert "copied 2 messages" in done.stdout
+    core = await start_core(data=data, database_url=url)
+    bob = await RawClient.to(core)
+    login = await bob.login("Bob")
+    assert login["users"][0] == {"username": "Alice", "online": False, "unread": 0}
+    assert [r["name"] for r in login["rooms"]] == ["general", "ops"]
+    assert (await bob.call("history", **{"with": "Alice"}))["messages"] == [sent[0]]
+    assert (await bob.call("history", room="ops"))["messages"] == [sent[1]]
+    assert (await bob.call("poll", cursor=old_cursor))["reset"] is True  # a new run
+    again = migrate()
+    assert again.returncode == 2 and "already holds a history" in again.stderr

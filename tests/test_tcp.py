@@ -19,6 +19,12 @@ from legacy_socket_server.server import CoreServer
 # -- basic flows ---------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["files", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against the file store and PostgreSQL (docs/scaling.md)."""
+    return request.param
+
+
 async def test_chat_end_to_end(core: CoreServer) -> None:
     alice, bob = await RawClient.to(core), await RawClient.to(core)
     la = await alice.login("Alice")
