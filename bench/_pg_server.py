@@ -63,6 +63,10 @@ class PgServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
+    def postmaster_pid(self) -> int:
+        """The server's main process; its backends are its children (for CPU accounting)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def _run(self, *cmd: str) -> None:
         if os.geteuid() == 0:
             cmd = ("runuser", "-u", PG_USER, "--", *cmd)
@@ -109,8 +113,7 @@ class PgServer:
             self._run(self._tool("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
         except RuntimeError:
             with contextlib.suppress(OSError, ValueError):
-                pid = int((self.data / "postmaster.pid").read_text().split()[0])
-                os.kill(pid, signal.SIGQUIT)
+                os.kill(self.postmaster_pid(), signal.SIGQUIT)
             time.sleep(1)
         self.started = False
 

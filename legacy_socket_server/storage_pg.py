@@ -63,6 +63,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: The session-level advisory lock a core holds on its database (see ``_connect``).
+_ONE_CORE_LOCK = 7_277_021
+
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, sender, recipient, room, text, ts, client_msg_id)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
@@ -125,10 +128,18 @@ class PgHistoryStore:
 
     async def _connect(self) -> asyncpg.Connection:
         try:
-            self._conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
+            conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StorageUnavailable(f"cannot reach the database: {exc}") from None
-        return self._conn
+        # One core per database for now: it numbers the messages itself, so a second
+        # one would reuse its ids. The lock lives as long as this connection.
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ONE_CORE_LOCK):
+            await conn.close()
+            raise StorageUnavailable(
+                "another core uses this database (one core per database for now)"
+            )
+        self._conn = conn
+        return conn
 
     @staticmethod
     async def _read_state(conn: asyncpg.Connection, boot: int) -> HistoryState:

@@ -227,5 +227,20 @@ async def test_a_data_directory_is_imported_once(
     assert (await bob.call("history", **{"with": "Alice"}))["messages"] == [sent[0]]
     assert (await bob.call("history", room="ops"))["messages"] == [sent[1]]
     assert (await bob.call("poll", cursor=old_cursor))["reset"] is True  # a new run
+    await core.stop()
     again = migrate()
     assert again.returncode == 2 and "already holds a history" in again.stderr
+
+
+async def test_a_second_core_on_the_same_database_is_refused(
+    start_core: StartCore, pg_server: PgServer
+) -> None:
+    """Until cores share a database (ids under a lock, notifications), a second one must
+    not number messages the first has numbered too."""
+    url = await new_database(pg_server)
+    first = await start_core(database_url=url)
+    with pytest.raises(StoreError, match="another core uses this database"):
+        await start_core(database_url=url)
+    await first.stop()
+    second = await start_core(database_url=url)  # the first has let go
+    assert second.pg is not None
