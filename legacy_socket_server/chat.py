@@ -488,21 +488,23 @@ class ChatService(PasswordLogin, RoomRules):
         reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
 
         def done(f: asyncio.Future[None]) -> None:
+            # Committed is committed: applied even if the asker hung up (its reply
+            # future was cancelled), so memory and the database agree.
             if f.cancelled() or f.exception() is not None:
-                reply.set_result(_storage_unavailable(base))
-                return
-            try:
-                reply.set_result({**base, "ok": True, **apply()})
-            except Exception:  # a bug must not leave the request unanswered
-                log.exception("applying a committed %r failed", base.get("purpose"))
-                reply.set_result(
-                    {
+                result = _storage_unavailable(base)
+            else:
+                try:
+                    result = {**base, "ok": True, **apply()}
+                except Exception:  # a bug must not leave the request unanswered
+                    log.exception("applying a committed %r failed", base.get("purpose"))
+                    result = {
                         **base,
                         "ok": False,
                         "error": "internal_error",
                         "message": "the server failed on this request",
                     }
-                )
+            if not reply.done():
+                reply.set_result(result)
 
         commit.add_done_callback(done)
         return reply
@@ -513,7 +515,9 @@ class ChatService(PasswordLogin, RoomRules):
         reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
 
         def done(f: asyncio.Future[None]) -> None:
-            if f.exception() is not None:
+            if reply.done():  # the asker hung up
+                return
+            if f.cancelled() or f.exception() is not None:
                 reply.set_result(_storage_unavailable(base))
             else:
                 reply.set_result({**base, "ok": True, **fields})

@@ -24,9 +24,6 @@ from .store import HistoryState, HistoryStore
 
 log = logging.getLogger("legacy_socket_server.migrate")
 
-#: Records per transaction: a large history goes in steps, each committed.
-CHUNK = 2000
-
 
 def records(state: HistoryState) -> Iterator[dict[str, Any]]:
     """The journal records that rebuild ``state`` (rooms before what refers to them)."""
@@ -66,12 +63,12 @@ async def copy(state: HistoryState, url: str) -> int:
         # Cursors carry the run's number: the next core must not reuse one of the
         # directory's (a client's old cursor would then look current).
         await store.raise_boot(state.boot)
+        # Appended in one go, so committed in one transaction: a failed import leaves
+        # the database empty, and it can simply be run again.
         written, pending = 0, None
         for record in records(state):
             pending = store.append(record)
             written += 1
-            if written % CHUNK == 0:
-                await pending  # one transaction per chunk, each waits for the last
         if pending is not None:
             await pending
         return written
@@ -103,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("INFO")
     if args.database_url is None:
         print("error: give --database-url (or CHAT_DATABASE_URL)", file=sys.stderr)
+        return 2
+    if not any((args.data_dir / name).exists() for name in ("history.json", "history.journal")):
+        print(f"error: {args.data_dir} holds no history (history.json)", file=sys.stderr)
         return 2
     files = HistoryStore(args.data_dir)
     try:

@@ -183,8 +183,10 @@ class RoomRules:
         so it is applied at once with any store; a commit that fails is logged and the
         user is enrolled again at the next start.
         """
-        commit = self._write(self._member_record(room, user, joined))
-        self._apply_member(room, user, joined)
+        record = self._member_record(room, user, joined)
+        commit = self._write(record)
+        self._apply_member(room, user, joined, record.get("marker", 0))
+        self._maybe_compact()
         if commit is not None and self.commit_first:
 
             def check(f: Any) -> None:
@@ -201,15 +203,16 @@ class RoomRules:
             record["marker"] = room.newest
         return record
 
-    def _apply_member(self, room: Room, user: str, joined: bool) -> None:
+    def _apply_member(self, room: Room, user: str, joined: bool, marker: int = 0) -> None:
+        """Apply a membership change (``marker``: the joiner's read marker, as journaled);
+        the caller checks for a compaction once the whole change is applied."""
         self._enrolled.add(user)
         if joined:
             room.members.add(user)
             marks = self._room_markers.setdefault(user, {})
-            marks[room.name] = max(marks.get(room.name, 0), room.newest)
+            marks[room.name] = max(marks.get(room.name, 0), marker)
         else:
             room.members.discard(user)
-        self._maybe_compact()
         tell = set(room.members) | {user}
         self._emit_many(
             tell, {"type": "member", "room": room.name, "username": user, "joined": joined}
@@ -221,11 +224,13 @@ class RoomRules:
     ) -> Any:
         """A member's request: journal the change, apply it (after the commit with a
         commit-first store) and answer with ``reply()``."""
-        commit = self._write(self._member_record(room, user, joined))
+        record = self._member_record(room, user, joined)
+        commit = self._write(record)
 
         def apply() -> dict[str, Any]:
             if (user in room.members) != joined:  # a request in flight may have done it
-                self._apply_member(room, user, joined)
+                self._apply_member(room, user, joined, record.get("marker", 0))
+                self._maybe_compact()
             return reply()
 
         return self._commit_then(commit, base, apply)
@@ -295,13 +300,15 @@ class RoomRules:
         for m in joining:
             # Written together, so committed together (one transaction, or one journal).
             commit = self._write(self._member_record(room, m, True)) or commit
+        # A compaction may only start once all of it is applied (below): its snapshot
+        # replaces the journal holding these records.
 
         def apply() -> dict[str, Any]:
             self._creating.discard(name)
             self._rooms[name] = room
             log.info("%s created the %s room %r", user, "private" if private else "public", name)
             for m in joining:
-                self._apply_member(room, m, True)
+                self._apply_member(room, m, True)  # a new room: every marker is 0
             if not private:
                 # Everyone can see a new public room: tell those who are not in it.
                 outsiders = [n for n in self.users.names() if n not in room.members]

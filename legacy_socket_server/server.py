@@ -120,6 +120,8 @@ class Connection(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         #: The address counted against the per-address cap (None: not counted).
         self._counted: str | None = None
+        #: The peer half-closed while requests waited (see ``eof_received``).
+        self._eof = False
         #: Packets made for this peer in this loop turn, not yet written (see ``_write_packet``).
         self._out: list[bytes] | None = None
         self._out_bytes = 0
@@ -240,14 +242,29 @@ class Connection(asyncio.Protocol):
         # The peer has sent all it will (a TLS close_notify, a shutdown of its side):
         # the transport closes after this, so what this turn made for it goes now.
         self.send_out()
+        session = self.session
+        if (
+            self.service.commit_first
+            and session is not None
+            and session.username is not None
+            and (self._pending or self._backlog is not None)
+        ):
+            # Requests read but not yet answered (a write waiting for its commit, and
+            # those behind it): over plain TCP the write side stays open until they
+            # are (TLS cannot half-close; asyncio closes it regardless). A login still
+            # waiting for the hash gate is a hang-up as before: dropped unhashed.
+            self._eof = True
+            return True
         return None
 
     def _login_decided(self, _: object) -> None:
         backlog, self._backlog = self._backlog or [], None
         if self.transport is None or self._closing:
             return
-        self.transport.resume_reading()
+        if not self._eof:
+            self.transport.resume_reading()
         self._process(backlog)
+        self._flush()  # after the peer's EOF: closes once the last reply is out
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -288,7 +305,8 @@ class Connection(asyncio.Protocol):
             fut = self._pending.popleft()
             if not fut.cancelled():
                 self._write(fut.result())
-        if self._closing and not self._pending and self.transport is not None:
+        done = self._closing or (self._eof and self._backlog is None)
+        if done and not self._pending and self.transport is not None:
             self.send_out()
             self.transport.close()
 
@@ -389,11 +407,15 @@ class CoreServer:
         self.config = config
         data_dir = prepare_data_dir(Path(config.data_dir))
         self.pg = history
-        files = None
-        if history is None:
-            files = HistoryStore(
-                data_dir, fsync=config.fsync, min_compact_bytes=config.min_compact_bytes
-            )
+        files = HistoryStore(
+            data_dir, fsync=config.fsync, min_compact_bytes=config.min_compact_bytes
+        )
+        #: With the history in PostgreSQL the directory still holds users and tokens:
+        #: it is taken all the same, so no second core or CLI writes to it meanwhile.
+        self._dir_lock: HistoryStore | None = None
+        if history is not None:
+            files.lock()
+            self._dir_lock, files = files, None
         self.service = ChatService(
             UserStore(data_dir, create_demo=config.demo_users),
             history or files,  # type: ignore[arg-type]
@@ -442,7 +464,12 @@ class CoreServer:
                 history = await PgHistoryStore.open(config.database_url)
             except StorageUnavailable as exc:
                 raise StoreError(f"{exc} (--database-url / CHAT_DATABASE_URL)") from None
-        self = cls(config, history)
+        try:
+            self = cls(config, history)
+        except BaseException:
+            if history is not None:
+                await history.aclose()
+            raise
         loop = self._loop = asyncio.get_running_loop()
         self.service.bind_loop(loop)
         try:
@@ -457,6 +484,8 @@ class CoreServer:
             self.service.history.close()
             if self.pg is not None:
                 await self.pg.aclose()
+            if self._dir_lock is not None:
+                self._dir_lock.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
@@ -512,6 +541,8 @@ class CoreServer:
         self.service.close()
         if self.pg is not None:
             await self.pg.aclose()  # what was queued commits first
+        if self._dir_lock is not None:
+            self._dir_lock.close()
         log.info("chat core stopped; history compacted")
 
 

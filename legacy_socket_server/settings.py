@@ -171,7 +171,9 @@ class SettingsParser(argparse.ArgumentParser):
             try:
                 value = s.convert(raw)
             except (ValueError, argparse.ArgumentTypeError) as exc:
-                self.error(f"{s.env}={raw!r} (for {s.flag}): {exc}")
+                # A URL may hold a password: not echoed (the converter's message hides it).
+                shown = s.env if "://" in raw else f"{s.env}={raw!r}"
+                self.error(f"{shown} (for {s.flag}): {exc}")
             if s.choices is not None and value not in s.choices:
                 self.error(f"{s.env}={raw!r} (for {s.flag}): choose from {', '.join(s.choices)}")
             self.set_defaults(**{s.dest: value})

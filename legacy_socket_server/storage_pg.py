@@ -63,6 +63,9 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
+#: Seconds a statement may take before the write fails (``storage_unavailable``).
+COMMAND_TIMEOUT = 10.0
+
 #: The session-level advisory lock a core holds on its database (see ``_connect``).
 _ONE_CORE_LOCK = 7_277_021
 
@@ -112,23 +115,38 @@ class PgHistoryStore:
         self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        #: Transactions committed: each one writes its number, so a commit whose
+        #: answer was lost can be looked up (``_committed_anyway``).
+        self._batches = 0
 
     @classmethod
     async def open(cls, url: str, *, connect_timeout: float = 10.0) -> PgHistoryStore:
         """Connect, migrate, count this start (``boot``) and read the history."""
         self = cls(url, connect_timeout=connect_timeout)
         conn = await self._connect()
-        await migrate(conn)
-        async with conn.transaction():
-            boot = await conn.fetchval(
-                "UPDATE meta SET value = value + 1 WHERE key = 'boot' RETURNING value"
-            )
-            self._state = await self._read_state(conn, boot)
+        try:
+            await migrate(conn)
+            async with conn.transaction():
+                boot = await conn.fetchval(
+                    "UPDATE meta SET value = value + 1 WHERE key = 'boot' RETURNING value"
+                )
+                self._state = await self._read_state(conn, boot)
+                await conn.execute("INSERT INTO meta VALUES ('batch', 0) ON CONFLICT DO NOTHING")
+                self._batches = await conn.fetchval("SELECT value FROM meta WHERE key = 'batch'")
+        except BaseException as exc:
+            await self._drop_connection()  # and with it the one-core lock
+            if isinstance(exc, (StoreError, StorageUnavailable)) or not isinstance(exc, Exception):
+                raise
+            raise StoreError(f"the database could not be prepared: {exc!r}") from None
         return self
 
     async def _connect(self) -> asyncpg.Connection:
         try:
-            conn = await asyncpg.connect(self.url, timeout=self.connect_timeout)
+            # A database that hangs rather than goes away must not hold a write (and
+            # every request queued behind it) for ever.
+            conn = await asyncpg.connect(
+                self.url, timeout=self.connect_timeout, command_timeout=COMMAND_TIMEOUT
+            )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StorageUnavailable(f"cannot reach the database: {exc}") from None
         # One core per database for now: it numbers the messages itself, so a second
@@ -205,16 +223,20 @@ class PgHistoryStore:
         self._closed = True
 
     async def aclose(self) -> None:
-        """Let queued records commit, then disconnect."""
+        """Let queued records commit (for at most a command's timeout), then disconnect."""
         self._closed = True
         if self._writer is not None:
-            await asyncio.shield(self._writer)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), COMMAND_TIMEOUT)
+            except TimeoutError:
+                self._writer.cancel()  # fails what is still queued: nothing was acknowledged
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
 
     # -- writing ------------------------------------------------------------------------
     async def _write_queued(self) -> None:
+        batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         try:
             while self._queue:
                 # What was appended during the last commit goes in the next one.
@@ -222,24 +244,29 @@ class PgHistoryStore:
                 try:
                     await self._commit([record for record, _ in batch])
                 except StorageUnavailable as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                    _settle(batch, exc)
                 else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
+                    _settle(batch, None)
+                batch = []
+        except BaseException:  # cancelled (the loop is going away): nobody waits for ever
+            gone = StorageUnavailable("the history store stopped")
+            _settle(batch, gone)
+            _settle(self._queue, gone)
+            self._queue = []
+            raise
         finally:
             self._writer = None
 
     async def _commit(self, records: list[dict[str, Any]]) -> None:
         conn = self._conn
+        number = self._batches + 1
         try:
             if conn is None or conn.is_closed():
                 conn = await self._connect()
             async with conn.transaction():
                 for record in records:
                     await self._apply(conn, record)
+                await conn.execute("UPDATE meta SET value = $1 WHERE key = 'batch'", number)
         except StorageUnavailable:
             raise
         except asyncpg.PostgresError as exc:
@@ -248,7 +275,20 @@ class PgHistoryStore:
             raise StorageUnavailable(f"the database refused the write: {exc}") from None
         except Exception as exc:  # the connection broke (reset, closed, timed out): a new one
             await self._drop_connection()
-            raise StorageUnavailable(f"the database did not take the write: {exc!r}") from None
+            if not await self._committed_anyway(number):
+                raise StorageUnavailable(f"the database did not take the write: {exc!r}") from None
+        self._batches = number
+
+    async def _committed_anyway(self, number: int) -> bool:
+        """Did the transaction ``number`` commit, though its answer was lost? (One core
+        writes to the database, so the counter is only ever ours.)"""
+        try:
+            conn = await self._connect()
+            done = await conn.fetchval("SELECT value FROM meta WHERE key = 'batch'")
+        except Exception:
+            await self._drop_connection()
+            return False
+        return done == number
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -260,7 +300,7 @@ class PgHistoryStore:
         op = rec.get("op")
         if op == "message":
             m = rec["message"]
-            await conn.execute(
+            status = await conn.execute(
                 _INSERT_MESSAGE,
                 m["id"],
                 m["from"],
@@ -270,6 +310,8 @@ class PgHistoryStore:
                 m["ts"],
                 m.get("client_msg_id"),
             )
+            if status.endswith(" 0"):  # the id is taken: a bug, never to be acknowledged
+                raise StorageUnavailable(f"message id {m['id']} is stored already")
         elif op == "read":
             if "room" in rec:
                 await conn.execute(_ROOM_MARKER, rec["user"], rec["room"], rec["up_to"])
@@ -302,3 +344,14 @@ class PgHistoryStore:
             await conn.execute(
                 "DELETE FROM memberships WHERE room = $1 AND username = $2", room, user
             )
+
+
+def _settle(
+    waiting: list[tuple[dict[str, Any], asyncio.Future[None]]], error: Exception | None
+) -> None:
+    for _, fut in waiting:
+        if not fut.done():
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)

@@ -23,6 +23,8 @@ def get_str(req: dict[str, Any], name: str, *, max_len: int | None, required: bo
         raise BadRequest(f"field {name!r} is longer than {max_len} characters")
     if not is_text(value):
         raise BadRequest(f"field {name!r} contains a lone surrogate")
+    if "\x00" in value:  # not text either, and PostgreSQL cannot store it
+        raise BadRequest(f"field {name!r} contains a NUL character")
     return value
 
 

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from conftest import StartService
 from core_helpers import Client
+from waiting import until
 
 from legacy_socket_server.chat import ChatService
 from legacy_socket_server.protocol import FrameDecoder, encode
 from legacy_socket_server.rooms import mentioned
+from legacy_socket_server.store import HistoryStore
 
 
 def logged(svc: ChatService, name: str) -> Client:
@@ -230,3 +232,23 @@ async def test_an_old_data_directory_gains_general(data_dir: Path, start_svc: St
 @pytest.mark.parametrize("purpose", ["create_room", "join_room", "leave_room", "room_members"])
 async def test_room_purposes_need_a_login(svc: ChatService, purpose: str) -> None:
     Client(svc).err(purpose, "not_logged_in", room="general")
+
+
+async def test_a_compaction_due_during_create_room_keeps_every_member(
+    start_svc: StartService, data_dir: Path
+) -> None:
+    """The snapshot a compaction writes replaces the journal: it must not start before the
+    whole new room is applied, or a crash after it loses the members after the first."""
+    svc = start_svc(min_compact_bytes=1)
+    alice = Client(svc)
+    alice.login("Alice")
+    svc.history._snapshot_size = 10**9  # no compaction yet
+    alice.ok("send_message", to="Bob", text="x")
+    await until(lambda: svc.history._child is None, what="an earlier compaction finishes")
+    svc.history._snapshot_size = 0  # due at the next change
+    assert svc.history.needs_compaction()
+    created = alice.ok("create_room", room="ops", members=["Bob", "Charlie"])
+    assert created["room"]["members"] == 3
+    await until(lambda: svc.history._child is None, what="the compaction child finishes")
+    after_crash = HistoryStore(data_dir).peek()  # what a restart without a clean stop loads
+    assert after_crash.rooms["ops"]["members"] == {"Alice", "Bob", "Charlie"}

@@ -7,8 +7,10 @@ database going away and coming back, and migrate its schema once.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from conftest import ROOT, StartCore, missing, new_database
 from core_helpers import RawClient, whole_history
 from waiting import until
 
+from legacy_socket_server import storage_pg
 from legacy_socket_server.storage_files import StorageUnavailable, StoreError
 from legacy_socket_server.storage_pg import MIGRATIONS, PgHistoryStore
 from legacy_socket_server.store import HistoryState, HistoryStore
@@ -34,7 +37,7 @@ def msg(i: int, frm: str, **where: str) -> dict[str, Any]:
 
 
 #: Every kind of journal record, including ones that must change nothing when applied:
-#: a message id seen before, a marker moving back, a member of a room that does not exist.
+#: a marker moving back, a member of a room that does not exist.
 RECORDS: list[dict[str, Any]] = [
     {"op": "room", "room": "general", "private": False},
     {"op": "member", "room": "general", "user": "Alice", "joined": True, "marker": 0},
@@ -42,7 +45,6 @@ RECORDS: list[dict[str, Any]] = [
     {"op": "message", "message": msg(1, "Alice", to="Bob")},
     {"op": "message", "message": {**msg(2, "Bob", to="Alice"), "client_msg_id": "b-1"}},
     {"op": "message", "message": msg(3, "Alice", room="general")},
-    {"op": "message", "message": msg(1, "Mallory", to="Bob")},  # the id is taken: kept as it was
     {"op": "read", "user": "Bob", "with": "Alice", "up_to": 1},
     {"op": "read", "user": "Alice", "with": "Bob", "up_to": 2},
     {"op": "read", "user": "Alice", "with": "Bob", "up_to": 1},  # never backwards
@@ -89,7 +91,6 @@ async def test_keeps_what_the_file_journal_keeps(pg_url: str, tmp_path: Path) ->
     again = await PgHistoryStore.open(pg_url)
     expected = await file_state(tmp_path / "files", RECORDS)
     assert comparable(again.load()) == comparable(expected)
-    assert again.load().messages[0]["from"] == "Alice"  # not Mallory's
     await again.aclose()
 
 
@@ -244,3 +245,76 @@ async def test_a_second_core_on_the_same_database_is_refused(
     await first.stop()
     second = await start_core(database_url=url)  # the first has let go
     assert second.pg is not None
+
+
+async def test_a_taken_message_id_fails_the_write_and_keeps_the_message(pg_url: str) -> None:
+    """Ids are the core's: one already stored is a bug to report, never a write to
+    acknowledge (the file journal's replay skips it; a live write must not)."""
+    store = await PgHistoryStore.open(pg_url)
+    await store.append({"op": "message", "message": msg(1, "Alice", to="Bob")})
+    with pytest.raises(StorageUnavailable, match="stored already"):
+        await store.append({"op": "message", "message": msg(1, "Mallory", to="Bob")})
+    await store.append({"op": "message", "message": msg(2, "Bob", to="Alice")})  # still writes
+    await store.aclose()
+    again = await PgHistoryStore.open(pg_url)
+    assert [(m["id"], m["from"]) for m in again.load().messages] == [(1, "Alice"), (2, "Bob")]
+    await again.aclose()
+
+
+async def test_requests_read_before_the_peer_half_closes_are_all_answered(
+    start_core: StartCore, pg_server: PgServer
+) -> None:
+    """Sends waiting for their commit, then ``exit``, then the client shuts its side:
+    every request is answered and both messages are kept, as with the file store."""
+    core = await start_core(database_url=await new_database(pg_server))
+    alice = await RawClient.to(core)
+    await alice.login("Alice")
+    for i in range(2):
+        await alice.send({"purpose": "send_message", "id": i, "to": "Bob", "text": f"m{i}"})
+    await alice.send({"purpose": "exit", "id": 9})
+    alice.writer.write_eof()
+    replies = [await alice.recv() for _ in range(3)]
+    assert [(r["id"], r["ok"]) for r in replies] == [(0, True), (1, True), (9, True)]
+    await alice.expect_closed()
+    bob = await RawClient.to(core)
+    await bob.login("Bob")
+    assert [m["text"] for m in await whole_history(bob, "Alice")] == ["m0", "m1"]
+
+
+async def test_a_hung_database_fails_writes_in_time_and_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database that stops answering (its backend frozen) rather than going away: the
+    write fails after the command timeout instead of holding everything behind it, and
+    writes work again once it answers."""
+    if find_bin() is None:
+        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
+    monkeypatch.setattr(storage_pg, "COMMAND_TIMEOUT", 1.0)
+    server = PgServer().start()
+    try:
+        store = await PgHistoryStore.open(server.url(), connect_timeout=2)
+        await store.append({"op": "message", "message": msg(1, "Alice", to="Bob")})
+        backend = await store._conn.fetchval("SELECT pg_backend_pid()")  # type: ignore[union-attr]
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable):
+                await store.append({"op": "message", "message": msg(2, "Alice", to="Bob")})
+            assert time.monotonic() - started < 8
+        finally:
+            os.kill(backend, signal.SIGCONT)
+
+        async def writes() -> bool:
+            try:
+                await store.append({"op": "message", "message": msg(3, "Alice", to="Bob")})
+            except StorageUnavailable:
+                return False
+            return True
+
+        await until(writes, what="writes work again", interval=0.2)
+        await store.aclose()
+        again = await PgHistoryStore.open(server.url())
+        assert [m["id"] for m in again.load().messages] == [1, 3]
+        await again.aclose()
+    finally:
+        server.stop()

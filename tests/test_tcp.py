@@ -391,3 +391,20 @@ async def test_replies_of_the_turn_in_which_the_core_stops_are_sent(start_core: 
     got = await asyncio.wait_for(reader.read(), 5)
     assert got == encode({"purpose": "ping", "id": 1, "ok": True})
     writer.close()
+
+
+async def test_a_nul_character_is_refused_and_the_connection_goes_on(core: CoreServer) -> None:
+    """NUL is not text (and PostgreSQL cannot store it): bad_request, on both stores, and
+    another user's send in the same moment is not affected."""
+    alice, bob = await RawClient.to(core), await RawClient.to(core)
+    await alice.login("Alice")
+    await bob.login("Bob")
+    await alice.send({"purpose": "send_message", "id": 1, "to": "Bob", "text": "a\x00b"})
+    await bob.send({"purpose": "send_message", "id": 2, "to": "Alice", "text": "fine"})
+    refused, fine = await alice.recv(), await bob.recv()
+    assert (refused["ok"], refused["error"]) == (False, "bad_request")
+    assert "NUL" in refused["message"]
+    assert fine["ok"] is True
+    assert [m["text"] for m in (await alice.call("history", **{"with": "Bob"}))["messages"]] == [
+        "fine"
+    ]
