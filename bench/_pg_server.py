@@ -123,6 +123,18 @@ class PgServer:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+async def create_database(server: PgServer, name: str) -> str:
+    """A new, empty database on ``server``; its URL."""
+    import asyncpg  # noqa: PLC0415 - only callers that start a server need the driver
+
+    admin = await asyncpg.connect(server.url())
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return server.url(name)
+
+
 @contextlib.contextmanager
 def pg_server(base_dir: str | None = None) -> Iterator[PgServer]:
     server = PgServer(base_dir)

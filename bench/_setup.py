@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from legacy_socket_server.users import HASHER, fingerprint  # noqa: E402
 
 _CORE = """
-import logging, sys
+import logging, os, sys
 from pathlib import Path
 from legacy_socket_server.server import ServerConfig, serve, run, _raise_fd_limit
 from legacy_socket_server.tls import TLSListener
@@ -33,7 +33,8 @@ logging.getLogger("legacy_socket_server.chat").setLevel(logging.WARNING)
 _raise_fd_limit()
 tls = TLSListener(port=0) if sys.argv[3:] == ["tls"] else None
 run(serve(ServerConfig(port=0, data_dir=Path(sys.argv[1]), fsync=sys.argv[2],
-                       send_rate=1e9, send_burst=1e9, tls=tls)))
+                       send_rate=1e9, send_burst=1e9, tls=tls,
+                       database_url=os.environ.get("BENCH_DATABASE_URL") or None)))
 """
 
 
@@ -54,7 +55,9 @@ def make_data_dir(path: Path, n_users: int) -> dict[str, str]:
     return tokens
 
 
-def _start_and_match(args: list[str], pattern: str) -> tuple[subprocess.Popen, re.Match]:
+def _start_and_match(
+    args: list[str], pattern: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, re.Match]:
     """Start a server process; return it and the match of ``pattern`` in its log.
 
     Output goes to a temp file, not a pipe: a pipe nobody drains would block
@@ -63,7 +66,9 @@ def _start_and_match(args: list[str], pattern: str) -> tuple[subprocess.Popen, r
     import tempfile
 
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-server-", suffix=".log", delete=False)
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True, env=env
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -75,14 +80,18 @@ def _start_and_match(args: list[str], pattern: str) -> tuple[subprocess.Popen, r
     raise RuntimeError("server did not start in 60 s")
 
 
-def start_process(args: list[str], pattern: str = r"listening on \S+:(\d+)"):
+def start_process(
+    args: list[str], pattern: str = r"listening on \S+:(\d+)", env: dict[str, str] | None = None
+):
     """Start a server process; return (Popen, port) once it logs its port."""
-    proc, m = _start_and_match(args, pattern)
+    proc, m = _start_and_match(args, pattern, env)
     return proc, int(m.group(1))
 
 
-def start_core(data_dir: Path, fsync: str = "everysec"):
-    return start_process([sys.executable, "-c", _CORE, str(data_dir), fsync])
+def start_core(data_dir: Path, fsync: str = "everysec", database_url: str | None = None):
+    """The core on ``data_dir`` (its history in PostgreSQL at ``database_url`` if given)."""
+    env = {**os.environ, "BENCH_DATABASE_URL": database_url or ""}
+    return start_process([sys.executable, "-c", _CORE, str(data_dir), fsync], env=env)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ raise ``--procs``).
     python bench/system_load.py --mode ws longpoll --users 2000 5000 10000 --seconds 10
     python bench/system_load.py --mode pollmax --users 200 --seconds 10   # gateway vs bare aiohttp
     python bench/system_load.py --mode ws longpoll --users 2000 --tracemalloc 10
+    python bench/system_load.py --mode longpoll --users 1000 --store files postgres
 
 ``pollmax`` is the throughput baseline: browsers only, each in a closed loop of
 ``GET /api/poll?cursor=<head>`` with no new events, first against the gateway,
@@ -53,7 +54,10 @@ share the users.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import subprocess
@@ -65,6 +69,7 @@ from typing import Any
 
 import _gc_probe
 from _load_worker import worker
+from _pg_server import create_database, pg_server
 from _setup import (
     cpu_seconds,
     machine_cpu,
@@ -186,8 +191,11 @@ def census_per_session(
     return "\n".join(out)
 
 
-def run_point(args, mode: str, n: int, target: str = "gateway") -> dict[str, Any]:
-    """One measured point: fresh core + web (or bare server), n users, --seconds."""
+def run_point(
+    args, mode: str, n: int, target: str = "gateway", store: str = "files"
+) -> dict[str, Any]:
+    """One measured point: fresh core (its history in files or, with ``store`` postgres, a
+    fresh database) + web (or bare server), n users, --seconds."""
     if args.wait_quiet:
         busy = wait_quiet(args.wait_quiet)
         print(f"# machine busy before the point: {busy * 100:.0f}%", flush=True)
@@ -198,7 +206,10 @@ def run_point(args, mode: str, n: int, target: str = "gateway") -> dict[str, Any
     with tempfile.TemporaryDirectory(prefix="system-load-") as tmp:
         tokens = make_data_dir_fast(Path(tmp), n)
         names = list(tokens)
-        core, core_port = start_core(Path(tmp))
+        url = None
+        if store == "postgres":
+            url = asyncio.run(create_database(args.pg, f"load_{os.getpid()}_{next(_points)}"))
+        core, core_port = start_core(Path(tmp), database_url=url)
         if target == "bare":
             bare, web_port = start_bare_aiohttp()
             web_pid = bare.pid
@@ -513,6 +524,28 @@ def summarize_profile(path: Path, top: int = 15) -> str:
     return "\n".join(out)
 
 
+_points = itertools.count(1)
+
+
+def points(args, mode: str) -> list[tuple[str, str]]:
+    """(target, store) of each point at one user count and mode."""
+    targets = ["gateway", "bare"] if (mode == "pollmax" and args.bare) else ["gateway"]
+    return [
+        (t, store) for t in targets for store in args.store if t == "gateway" or store == "files"
+    ]
+
+
+def report_point(r: dict[str, Any]) -> None:
+    print(line(r), flush=True)
+    if r["ws_closed"]:
+        print(f"    sockets closed by the server: {r['ws_closed']}", flush=True)
+    if r["errors"]:
+        for k, v in sorted(r["errors"].items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    error x{v}: {k}", flush=True)
+    if r["memory"]:
+        print(r["memory"], flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -523,6 +556,14 @@ def main() -> None:
         help="one or more; several run side by side at each user count",
     )
     ap.add_argument("--users", type=int, nargs="+", default=[200, 500, 1000])
+    ap.add_argument(
+        "--store",
+        nargs="+",
+        choices=["files", "postgres"],
+        default=["files"],
+        help="where the core keeps its history: files, and/or a throwaway PostgreSQL "
+        "(a fresh database per point)",
+    )
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--drain", type=float, default=3.0, help="receive-only seconds after")
     ap.add_argument("--rate", type=float, default=0.1, help="messages/s sent by each user")
@@ -564,22 +605,18 @@ def main() -> None:
     if args.census:
         print("# the census's collections stall the web app before the window", flush=True)
     rows = []
-    for n in args.users:
-        for mode in args.mode:
-            targets = ["gateway", "bare"] if (mode == "pollmax" and args.bare) else ["gateway"]
-            for target in targets:
-                r = run_point(args, mode, n, target)
-                rows.append(r)
-                print(line(r), flush=True)
-                if r["ws_closed"]:
-                    print(f"    sockets closed by the server: {r['ws_closed']}", flush=True)
-                if r["errors"]:
-                    for k, v in sorted(r["errors"].items(), key=lambda kv: -kv[1])[:8]:
-                        print(f"    error x{v}: {k}", flush=True)
-                if r["memory"]:
-                    print(r["memory"], flush=True)
+    with contextlib.ExitStack() as stack:
+        args.pg = stack.enter_context(pg_server()) if "postgres" in args.store else None
+        for n in args.users:
+            for mode in args.mode:
+                for target, store in points(args, mode):
+                    r = run_point(args, mode, n, target, store)
+                    r["target"] += "/pg" if store == "postgres" else ""
+                    rows.append(r)
+                    report_point(r)
     print()
     print(table(rows))
+
     if len(args.mode) > 1 and ratios(rows):
         print()
         print(ratios(rows))

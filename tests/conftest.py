@@ -23,7 +23,7 @@ from legacy_socket_server.server import CoreServer, ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from _pg_server import PgServer, find_bin  # noqa: E402
+from _pg_server import PgServer, create_database, find_bin  # noqa: E402
 
 DEMO_USERS = {"Alice": "123", "Bob": "456", "Charlie": "789"}
 IN_CI = bool(os.environ.get("CI"))
@@ -186,15 +186,7 @@ _databases = itertools.count(1)
 
 async def new_database(server: PgServer) -> str:
     """A new, empty database on ``server``; its URL."""
-    import asyncpg  # noqa: PLC0415 - only the PostgreSQL tests need it
-
-    name = f"chat_{os.getpid()}_{next(_databases)}"
-    admin = await asyncpg.connect(server.url())
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    return server.url(name)
+    return await create_database(server, f"chat_{os.getpid()}_{next(_databases)}")
 
 
 @pytest.fixture
