@@ -16,8 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .server import database_url
-from .settings import SettingsParser, run, setup_logging
+from .settings import SettingsParser, add_database_url, run, setup_logging
 from .storage_files import StorageUnavailable, StoreError
 from .storage_pg import PgHistoryStore
 from .store import HistoryState, HistoryStore
@@ -84,14 +83,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         env=env,
     )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR", help="the core's data directory")
-    p.add_setting(
-        "--database-url",
-        env="CHAT_DATABASE_URL",
-        type=database_url,
-        default=None,
-        metavar="URL",
-        help="postgresql://USER:PASSWORD@HOST:PORT/DB",
-    )
+    add_database_url(p, "")
     return p
 
 

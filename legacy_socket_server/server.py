@@ -26,6 +26,7 @@ from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, enco
 from .settings import (
     DEFAULT_DATA_DIR,
     SettingsParser,
+    add_database_url,
     add_log_level,
     add_storage,
     boolean,
@@ -637,15 +638,10 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         metavar="1|0",
         help="create Alice, Bob and Charlie in a data directory that has no users",
     )
-    p.add_setting(
-        "--database-url",
-        env="CHAT_DATABASE_URL",
-        type=database_url,
-        default=None,
-        metavar="URL",
-        help="postgresql://USER:PASSWORD@HOST:PORT/DB: keep the history (messages, rooms, "
-        "read markers) in PostgreSQL instead of files in --data-dir (users and tokens stay "
-        "there); the schema is created on first start",
+    add_database_url(
+        p,
+        ": keep the history (messages, rooms, read markers) in PostgreSQL instead of files "
+        "in --data-dir (users and tokens stay there); the schema is created on first start",
     )
     add_tls(p)
     add_log_level(p)
@@ -655,14 +651,6 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="send one ping to --host:--port and exit 0 if it answers (docker)",
     )
     return p
-
-
-def database_url(value: str) -> str:
-    if not value.startswith(("postgresql://", "postgres://")):
-        raise argparse.ArgumentTypeError(
-            f"expected postgresql://USER:PASSWORD@HOST:PORT/DB, got {value.split('@')[-1]!r}"
-        )
-    return value
 
 
 def send_limit_problem(args: argparse.Namespace) -> str | None:

@@ -208,6 +208,26 @@ def add_storage(parser: SettingsParser, note: str = "") -> None:
     )
 
 
+def database_url(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError(
+            f"expected postgresql://USER:PASSWORD@HOST:PORT/DB, got {value.split('@')[-1]!r}"
+        )
+    return value
+
+
+def add_database_url(parser: SettingsParser, what: str) -> None:
+    """``--database-url``: the core's, and the import's (``migrate``)."""
+    parser.add_setting(
+        "--database-url",
+        env="CHAT_DATABASE_URL",
+        type=database_url,
+        default=None,
+        metavar="URL",
+        help=f"postgresql://USER:PASSWORD@HOST:PORT/DB{what}",
+    )
+
+
 def add_log_level(parser: SettingsParser, default: str = "INFO") -> None:
     parser.add_setting(
         "--log-level",
