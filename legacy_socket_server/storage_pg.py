@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from .protocol import dumps
 from .storage_files import StorageUnavailable, StoreError
 from .store import HistoryState
 
@@ -61,6 +62,67 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE enrolled (username text PRIMARY KEY);
     """,
+    # One statement per transaction: the records of a loop turn go in as one JSON array
+    # and are applied here, as the file journal's replay applies them (a membership of
+    # an unknown room is ignored, markers only move forward), except that a message id
+    # already stored fails the write: ids are the core's, a collision is a bug.
+    """
+    CREATE FUNCTION chat_apply(records jsonb, batch bigint) RETURNS void
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r jsonb;
+        m jsonb;
+        added int;
+    BEGIN
+        FOR r IN SELECT value FROM jsonb_array_elements(records) LOOP
+            CASE r->>'op'
+            WHEN 'message' THEN
+                m := r->'message';
+                INSERT INTO messages (id, sender, recipient, room, text, ts, client_msg_id)
+                VALUES ((m->>'id')::bigint, m->>'from', m->>'to', m->>'room', m->>'text',
+                        m->>'ts', m->>'client_msg_id')
+                ON CONFLICT (id) DO NOTHING;
+                GET DIAGNOSTICS added = ROW_COUNT;
+                IF added = 0 THEN
+                    RAISE EXCEPTION 'message id % is stored already', m->>'id';
+                END IF;
+            WHEN 'read' THEN
+                IF r ? 'room' THEN
+                    INSERT INTO room_markers AS t
+                    VALUES (r->>'user', r->>'room', (r->>'up_to')::bigint)
+                    ON CONFLICT (username, room)
+                    DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to);
+                ELSE
+                    INSERT INTO read_markers AS t
+                    VALUES (r->>'user', r->>'with', (r->>'up_to')::bigint)
+                    ON CONFLICT (username, peer)
+                    DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to);
+                END IF;
+            WHEN 'room' THEN
+                INSERT INTO rooms VALUES (r->>'room', (r->>'private')::boolean)
+                ON CONFLICT DO NOTHING;
+            WHEN 'member' THEN
+                IF EXISTS (SELECT 1 FROM rooms WHERE name = r->>'room') THEN
+                    INSERT INTO enrolled VALUES (r->>'user') ON CONFLICT DO NOTHING;
+                    IF (r->>'joined')::boolean THEN
+                        INSERT INTO memberships VALUES (r->>'room', r->>'user')
+                        ON CONFLICT DO NOTHING;
+                        INSERT INTO room_markers AS t
+                        VALUES (r->>'user', r->>'room', COALESCE((r->>'marker')::bigint, 0))
+                        ON CONFLICT (username, room)
+                        DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to);
+                    ELSE
+                        DELETE FROM memberships WHERE room = r->>'room' AND username = r->>'user';
+                    END IF;
+                END IF;
+            ELSE
+                NULL;  -- ``boot`` and anything unknown: no row (boot is counted at open)
+            END CASE;
+        END LOOP;
+        UPDATE meta SET value = batch WHERE key = 'batch';
+    END
+    $$;
+    """,
 )
 
 #: Seconds a statement may take before the write fails (``storage_unavailable``).
@@ -69,16 +131,9 @@ COMMAND_TIMEOUT = 10.0
 #: The session-level advisory lock a core holds on its database (see ``_connect``).
 _ONE_CORE_LOCK = 7_277_021
 
-_INSERT_MESSAGE = (
-    "INSERT INTO messages (id, sender, recipient, room, text, ts, client_msg_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
-)
-_MARKER = (
-    "INSERT INTO {table} AS t (username, {key}, up_to) VALUES ($1, $2, $3)"
-    " ON CONFLICT (username, {key}) DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to)"
-)
-_READ_MARKER = _MARKER.format(table="read_markers", key="peer")
-_ROOM_MARKER = _MARKER.format(table="room_markers", key="room")
+_APPLY = "SELECT chat_apply($1::jsonb, $2)"
+#: Records per call of ``chat_apply``: a whole loop turn's, or an import in parts.
+CHUNK = 5000
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -263,10 +318,14 @@ class PgHistoryStore:
         try:
             if conn is None or conn.is_closed():
                 conn = await self._connect()
+            # BEGIN and COMMIT of their own, not one statement in autocommit: a statement
+            # that timed out may still run when the database wakes up, and alone it would
+            # then commit after we answered storage_unavailable; without our COMMIT it
+            # cannot. Large batches (an import) go in parts, so no parameter is huge.
             async with conn.transaction():
-                for record in records:
-                    await self._apply(conn, record)
-                await conn.execute("UPDATE meta SET value = $1 WHERE key = 'batch'", number)
+                for start in range(0, len(records), CHUNK):
+                    part = records[start : start + CHUNK]
+                    await conn.execute(_APPLY, dumps(part).decode(), number)
         except StorageUnavailable:
             raise
         except asyncpg.PostgresError as exc:
@@ -294,56 +353,6 @@ class PgHistoryStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
-
-    @staticmethod
-    async def _apply(conn: asyncpg.Connection, rec: dict[str, Any]) -> None:
-        op = rec.get("op")
-        if op == "message":
-            m = rec["message"]
-            status = await conn.execute(
-                _INSERT_MESSAGE,
-                m["id"],
-                m["from"],
-                m.get("to"),
-                m.get("room"),
-                m["text"],
-                m["ts"],
-                m.get("client_msg_id"),
-            )
-            if status.endswith(" 0"):  # the id is taken: a bug, never to be acknowledged
-                raise StorageUnavailable(f"message id {m['id']} is stored already")
-        elif op == "read":
-            if "room" in rec:
-                await conn.execute(_ROOM_MARKER, rec["user"], rec["room"], rec["up_to"])
-            else:
-                await conn.execute(_READ_MARKER, rec["user"], rec["with"], rec["up_to"])
-        elif op == "room":
-            await conn.execute(
-                "INSERT INTO rooms VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                rec["room"],
-                rec["private"],
-            )
-        elif op == "member":
-            await PgHistoryStore._apply_membership(conn, rec)
-        # Anything else (``boot``: counted in ``meta`` at open) has no row.
-
-    @staticmethod
-    async def _apply_membership(conn: asyncpg.Connection, rec: dict[str, Any]) -> None:
-        """As :func:`~legacy_socket_server.store.apply_membership`: a membership of an
-        unknown room is ignored; otherwise the user counts as enrolled."""
-        if not await conn.fetchval("SELECT 1 FROM rooms WHERE name = $1", rec["room"]):
-            return
-        user, room = rec["user"], rec["room"]
-        await conn.execute("INSERT INTO enrolled VALUES ($1) ON CONFLICT DO NOTHING", user)
-        if rec["joined"]:
-            await conn.execute(
-                "INSERT INTO memberships VALUES ($1, $2) ON CONFLICT DO NOTHING", room, user
-            )
-            await conn.execute(_ROOM_MARKER, user, room, rec.get("marker", 0))
-        else:
-            await conn.execute(
-                "DELETE FROM memberships WHERE room = $1 AND username = $2", room, user
-            )
 
 
 def _settle(
