@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         files.lock()  # refuses a directory a running core holds
         state = files.peek()
         written = run(copy(state, args.database_url))
+        files.mark_moved(args.database_url)  # a core started without the URL now refuses
     except (StoreError, StorageUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -415,7 +415,8 @@ class CoreServer:
         #: it is taken all the same, so no second core or CLI writes to it meanwhile.
         self._dir_lock: HistoryStore | None = None
         if history is not None:
-            files.lock()
+            files.lock(moved_ok=True)
+            files.mark_moved(config.database_url or "")
             self._dir_lock, files = files, None
         self.service = ChatService(
             UserStore(data_dir, create_demo=config.demo_users),

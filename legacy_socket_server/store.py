@@ -41,6 +41,8 @@ from .storage_files import StorageUnavailable, StoreError, fsync_dir, load_json_
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
+#: In a data directory whose history is in PostgreSQL (``--database-url``, the import).
+MOVED_MARKER = "HISTORY-IN-POSTGRESQL.txt"
 JOURNAL_FILE = "history.journal"
 
 FORMAT_VERSION = 1
@@ -218,8 +220,11 @@ class HistoryStore:
                 segs.append((int(suffix), p))
         return [p for _, p in sorted(segs)]
 
-    def lock(self) -> None:
-        """Take the data directory; raise :class:`StoreError` if another process has it."""
+    def lock(self, *, moved_ok: bool = False) -> None:
+        """Take the data directory; raise :class:`StoreError` if another process has it,
+        or if its history has moved to PostgreSQL (unless ``moved_ok``: a core using it)."""
+        if not moved_ok:
+            self.check_not_moved()
         self.dir.mkdir(parents=True, exist_ok=True)
         # The directory itself is locked (flock on its descriptor): no lock file
         # to leave behind, and the lock dies with the process that holds it.
@@ -233,8 +238,26 @@ class HistoryStore:
             ) from None
         self._lock_fd = fd
 
+    def check_not_moved(self) -> None:
+        """Refuse a directory whose history is in PostgreSQL: its files are stale, and
+        what was written to them would never be seen."""
+        if (self.dir / MOVED_MARKER).exists():
+            raise StoreError(
+                f"the history of {self.dir} is in PostgreSQL ({self.dir / MOVED_MARKER}): "
+                "start the core with --database-url (CHAT_DATABASE_URL)"
+            )
+
+    def mark_moved(self, url: str) -> None:
+        """Record that the history now lives in the database at ``url`` (password left out)."""
+        where = url.split("@")[-1]
+        (self.dir / MOVED_MARKER).write_text(
+            f"The history of this directory is kept in PostgreSQL ({where}); its history "
+            "files are no longer used. Users and tokens still are.\n"
+        )
+
     def peek(self) -> HistoryState:
         """Read snapshot + journal without writing anything (a running core may own them)."""
+        self.check_not_moved()
         state = self._read_snapshot()
         last_id = state.messages[-1]["id"] if state.messages else 0
         for path in [*self._segments(), self.journal_path]:

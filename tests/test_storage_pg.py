@@ -24,7 +24,7 @@ from waiting import until
 from legacy_socket_server import storage_pg
 from legacy_socket_server.storage_files import StorageUnavailable, StoreError
 from legacy_socket_server.storage_pg import MIGRATIONS, PgHistoryStore
-from legacy_socket_server.store import HistoryState, HistoryStore
+from legacy_socket_server.store import MOVED_MARKER, HistoryState, HistoryStore
 
 
 @pytest.fixture
@@ -229,6 +229,11 @@ async def test_a_data_directory_is_imported_once(
     assert (await bob.call("history", room="ops"))["messages"] == [sent[1]]
     assert (await bob.call("poll", cursor=old_cursor))["reset"] is True  # a new run
     await core.stop()
+    with pytest.raises(StoreError, match="is in PostgreSQL"):  # its files are stale now
+        await start_core(data=data)
+    again = migrate()
+    assert again.returncode == 2 and "is in PostgreSQL" in again.stderr
+    (data / MOVED_MARKER).unlink()  # even so, the database refuses a second import
     again = migrate()
     assert again.returncode == 2 and "already holds a history" in again.stderr
 
