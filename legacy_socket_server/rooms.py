@@ -228,9 +228,12 @@ class RoomRules:
         commit = self._write(record)
 
         def apply() -> dict[str, Any]:
-            if (user in room.members) != joined:  # a request in flight may have done it
+            if (user in room.members) != joined:
                 self._apply_member(room, user, joined, record.get("marker", 0))
                 self._maybe_compact()
+            elif joined:  # a join in flight did it; the database took the larger marker
+                marks = self._room_markers.setdefault(user, {})
+                marks[room.name] = max(marks.get(room.name, 0), record.get("marker", 0))
             return reply()
 
         return self._commit_then(commit, base, apply)

@@ -245,15 +245,16 @@ class Connection(asyncio.Protocol):
         self.send_out()
         session = self.session
         if (
-            self.service.commit_first
-            and session is not None
+            session is not None
             and session.username is not None
             and (self._pending or self._backlog is not None)
+            and self.transport is not None
+            and self.transport.get_extra_info("sslcontext") is None
         ):
-            # Requests read but not yet answered (a write waiting for its commit, and
-            # those behind it): over plain TCP the write side stays open until they
-            # are (TLS cannot half-close; asyncio closes it regardless). A login still
-            # waiting for the hash gate is a hang-up as before: dropped unhashed.
+            # Requests read but not yet answered (a write waiting for its commit or its
+            # fsync, and those behind it): over plain TCP the write side stays open until
+            # they are (TLS cannot half-close). A login still waiting for the hash gate
+            # is a hang-up as before: dropped unhashed.
             self._eof = True
             return True
         return None
@@ -416,7 +417,19 @@ class CoreServer:
         self._dir_lock: HistoryStore | None = None
         if history is not None:
             files.lock(moved_ok=True)
-            files.mark_moved(config.database_url or "")
+            try:
+                if not files.moved():
+                    stranded = len(files.peek().messages)
+                    if stranded:
+                        raise StoreError(
+                            f"{data_dir} holds a history in files ({stranded} messages): import "
+                            "it first (python -m legacy_socket_server.migrate), or give "
+                            "another --data-dir"
+                        )
+                files.mark_moved(config.database_url or "")
+            except BaseException:
+                files.close()
+                raise
             self._dir_lock, files = files, None
         self.service = ChatService(
             UserStore(data_dir, create_demo=config.demo_users),

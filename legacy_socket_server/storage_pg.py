@@ -206,7 +206,12 @@ class PgHistoryStore:
             raise StorageUnavailable(f"cannot reach the database: {exc}") from None
         # One core per database for now: it numbers the messages itself, so a second
         # one would reuse its ids. The lock lives as long as this connection.
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ONE_CORE_LOCK):
+        try:
+            locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ONE_CORE_LOCK)
+        except Exception as exc:
+            conn.terminate()
+            raise StorageUnavailable(f"cannot reach the database: {exc!r}") from None
+        if not locked:
             await conn.close()
             raise StorageUnavailable(
                 "another core uses this database (one core per database for now)"
@@ -299,6 +304,7 @@ class PgHistoryStore:
                 try:
                     await self._commit([record for record, _ in batch])
                 except StorageUnavailable as exc:
+                    log.error("%d change(s) not stored: %s", len(batch), exc)
                     _settle(batch, exc)
                 else:
                     _settle(batch, None)
@@ -314,7 +320,9 @@ class PgHistoryStore:
 
     async def _commit(self, records: list[dict[str, Any]]) -> None:
         conn = self._conn
-        number = self._batches + 1
+        # Never reused, even after a failure: a failed batch that did commit after all
+        # must not make a later one look committed (``_committed_anyway``).
+        number = self._batches = self._batches + 1
         try:
             if conn is None or conn.is_closed():
                 conn = await self._connect()
@@ -329,14 +337,16 @@ class PgHistoryStore:
         except StorageUnavailable:
             raise
         except asyncpg.PostgresError as exc:
-            if conn is None or conn.is_closed() or isinstance(exc, asyncpg.PostgresConnectionError):
-                await self._drop_connection()
-            raise StorageUnavailable(f"the database refused the write: {exc}") from None
+            broken = conn is None or conn.is_closed()
+            if not broken and not isinstance(exc, asyncpg.PostgresConnectionError):
+                raise StorageUnavailable(f"the database refused the write: {exc}") from None
+            await self._drop_connection()
+            if not await self._committed_anyway(number):
+                raise StorageUnavailable(f"the database did not take the write: {exc}") from None
         except Exception as exc:  # the connection broke (reset, closed, timed out): a new one
             await self._drop_connection()
             if not await self._committed_anyway(number):
                 raise StorageUnavailable(f"the database did not take the write: {exc!r}") from None
-        self._batches = number
 
     async def _committed_anyway(self, number: int) -> bool:
         """Did the transaction ``number`` commit, though its answer was lost? (One core

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from sys import intern
 from typing import Any
+from urllib.parse import urlsplit
 
 from .protocol import dumps
 from .storage_files import StorageUnavailable, StoreError, fsync_dir, load_json_file
@@ -238,18 +239,24 @@ class HistoryStore:
             ) from None
         self._lock_fd = fd
 
+    def moved(self) -> bool:
+        """True if this directory's history is in PostgreSQL (see :meth:`mark_moved`)."""
+        return (self.dir / MOVED_MARKER).exists()
+
     def check_not_moved(self) -> None:
         """Refuse a directory whose history is in PostgreSQL: its files are stale, and
         what was written to them would never be seen."""
-        if (self.dir / MOVED_MARKER).exists():
+        if self.moved():
             raise StoreError(
                 f"the history of {self.dir} is in PostgreSQL ({self.dir / MOVED_MARKER}): "
-                "start the core with --database-url (CHAT_DATABASE_URL)"
+                "run a core with --database-url (CHAT_DATABASE_URL) on it; a web app "
+                "reaches that core with --core HOST:PORT"
             )
 
     def mark_moved(self, url: str) -> None:
         """Record that the history now lives in the database at ``url`` (password left out)."""
-        where = url.split("@")[-1]
+        parts = urlsplit(url)
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
         (self.dir / MOVED_MARKER).write_text(
             f"The history of this directory is kept in PostgreSQL ({where}); its history "
             "files are no longer used. Users and tokens still are.\n"

@@ -323,3 +323,23 @@ async def test_a_hung_database_fails_writes_in_time_and_recovers(
         await again.aclose()
     finally:
         server.stop()
+
+
+async def test_a_history_in_files_is_not_stranded(
+    start_core: StartCore, pg_server: PgServer
+) -> None:
+    """A core given --database-url on a directory whose history is still in files refuses
+    (import it first) instead of starting empty and hiding those messages; the marker it
+    writes for an imported directory names the database without its password."""
+    files = await start_core()
+    alice = await RawClient.to(files)
+    await alice.login("Alice")
+    await alice.call("send_message", to="Bob", text="kept in files")
+    data = files.config.data_dir
+    await files.stop()
+    url = await new_database(pg_server)
+    with pytest.raises(StoreError, match="holds a history in files"):
+        await start_core(data=data, database_url=url)
+    with_password = url.replace("postgres@", "postgres:s3cret@") + "?password=s3cret"
+    HistoryStore(data).mark_moved(with_password)
+    assert "s3cret" not in (data / MOVED_MARKER).read_text()
