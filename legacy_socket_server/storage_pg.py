@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -132,8 +133,9 @@ COMMAND_TIMEOUT = 10.0
 _ONE_CORE_LOCK = 7_277_021
 
 _APPLY = "SELECT chat_apply($1::jsonb, $2)"
-#: Records per call of ``chat_apply``: a whole loop turn's, or an import in parts.
-CHUNK = 5000
+#: At most this much JSON per call of ``chat_apply`` (jsonb takes up to 256 MB): a loop
+#: turn's records in one call, a long stall's or an import's in several.
+PART_BYTES = 8 * 1024 * 1024
 
 
 async def migrate(conn: asyncpg.Connection) -> int:
@@ -329,11 +331,10 @@ class PgHistoryStore:
             # BEGIN and COMMIT of their own, not one statement in autocommit: a statement
             # that timed out may still run when the database wakes up, and alone it would
             # then commit after we answered storage_unavailable; without our COMMIT it
-            # cannot. Large batches (an import) go in parts, so no parameter is huge.
+            # cannot. Large batches (an import, a long stall) go in parts.
             async with conn.transaction():
-                for start in range(0, len(records), CHUNK):
-                    part = records[start : start + CHUNK]
-                    await conn.execute(_APPLY, dumps(part).decode(), number)
+                for part in _parts(records):
+                    await conn.execute(_APPLY, part, number)
         except StorageUnavailable:
             raise
         except asyncpg.PostgresError as exc:
@@ -363,6 +364,21 @@ class PgHistoryStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
+
+
+def _parts(records: list[dict[str, Any]]) -> Iterator[str]:
+    """``records`` as JSON arrays of at most :data:`PART_BYTES` each (a larger record alone)."""
+    part: list[bytes] = []
+    size = 0
+    for record in records:
+        encoded = dumps(record)
+        if part and size + len(encoded) > PART_BYTES:
+            yield "[" + b",".join(part).decode() + "]"
+            part, size = [], 0
+        part.append(encoded)
+        size += len(encoded) + 1
+    if part:
+        yield "[" + b",".join(part).decode() + "]"
 
 
 def _settle(

@@ -343,3 +343,26 @@ async def test_a_history_in_files_is_not_stranded(
     with_password = url.replace("postgres@", "postgres:s3cret@") + "?password=s3cret"
     HistoryStore(data).mark_moved(with_password)
     assert "s3cret" not in (data / MOVED_MARKER).read_text()
+
+
+async def test_a_batch_larger_than_one_call_is_committed_in_parts(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop turn's records beyond one call's size (a long stall, an import) go in
+    several calls of one transaction: all kept, in order."""
+    monkeypatch.setattr(storage_pg, "PART_BYTES", 30_000)
+    store = await PgHistoryStore.open(pg_url)
+    big = "é" * 10_000  # 20 kB of UTF-8: one record per part
+    records = [
+        {"op": "message", "message": {**msg(i, "Alice", to="Bob"), "text": big}}
+        for i in range(1, 6)
+    ]
+    assert len(list(storage_pg._parts(records))) == 5
+    futures = [store.append(record) for record in records]
+    for f in futures:
+        await f
+    await store.aclose()
+    again = await PgHistoryStore.open(pg_url)
+    kept = again.load().messages
+    assert [m["id"] for m in kept] == [1, 2, 3, 4, 5] and all(m["text"] == big for m in kept)
+    await again.aclose()
