@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,13 @@ def make_data_dir(path: Path, n_users: int) -> dict[str, str]:
     }
     (path / "tokens.json").write_text(json.dumps(records))
     return tokens
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (for servers that cannot be given port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _start_and_match(

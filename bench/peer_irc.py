@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from _setup import cpu_seconds, make_data_dir, raise_fd_limit, start_process
+from _setup import cpu_seconds, free_port, make_data_dir, raise_fd_limit, start_process
 
 try:  # the core runs on uvloop when it is installed; the clients should not be slower
     from uvloop import run as run_loop
@@ -333,12 +332,6 @@ async def run_once(
 
 def pinned(args: list[str], cpu: int | None) -> list[str]:
     return args if cpu is None else [sys.executable, "-c", _PINNED_EXEC, str(cpu), *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ngircd(tmp: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:

@@ -483,8 +483,10 @@ class ChatService(PasswordLogin, RoomRules):
         """Apply a journaled change and reply: at once with the file store (the reply
         waits for the fsync if asked), after the commit with a commit-first store, where
         a failed commit applies nothing and answers ``storage_unavailable``."""
-        if commit is None or not self.commit_first:
-            return self._after_commit(commit, base, apply())
+        if commit is None:
+            return apply()
+        # The file store's write is in the OS already: applied now, only the reply waits.
+        fields = None if self.commit_first else apply()
         reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
 
         def done(f: asyncio.Future[None]) -> None:
@@ -494,7 +496,7 @@ class ChatService(PasswordLogin, RoomRules):
                 result = _storage_unavailable(base)
             else:
                 try:
-                    result = {**base, "ok": True, **apply()}
+                    result = {**base, "ok": True, **(apply() if fields is None else fields)}
                 except Exception:  # a bug must not leave the request unanswered
                     log.exception("applying a committed %r failed", base.get("purpose"))
                     result = {
@@ -505,22 +507,6 @@ class ChatService(PasswordLogin, RoomRules):
                     }
             if not reply.done():
                 reply.set_result(result)
-
-        commit.add_done_callback(done)
-        return reply
-
-    def _after_commit(self, commit: asyncio.Future[None] | None, base: dict, fields: dict):
-        if commit is None:
-            return fields
-        reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
-
-        def done(f: asyncio.Future[None]) -> None:
-            if reply.done():  # the asker hung up
-                return
-            if f.cancelled() or f.exception() is not None:
-                reply.set_result(_storage_unavailable(base))
-            else:
-                reply.set_result({**base, "ok": True, **fields})
 
         commit.add_done_callback(done)
         return reply

@@ -122,7 +122,6 @@ class RoomRules:
     _emit: Callable[..., None]
     _emit_many: Callable[..., None]
     _maybe_compact: Callable[[], None]
-    _after_commit: Callable[..., Any]
     _commit_then: Callable[..., Any]
     commit_first: bool
     cursor: Callable[[], int]

@@ -170,13 +170,18 @@ def bob_peer(core_proc: CoreProcess) -> Iterator[Peer]:
 StartCore = Callable[..., Awaitable[CoreServer]]
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """One throwaway PostgreSQL for the whole run (bench/_pg_server.py); tests get databases."""
+def start_postgres() -> PgServer:
+    """A throwaway PostgreSQL (bench/_pg_server.py); skip on a laptop without it, fail in CI."""
     if find_bin() is None:
         missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
     # In the system's temp dir: the server's user must reach it (pytest's are private).
-    server = PgServer().start()
+    return PgServer().start()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One throwaway PostgreSQL for the whole run; tests get databases (``new_database``)."""
+    server = start_postgres()
     yield server
     server.stop()
 

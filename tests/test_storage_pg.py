@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from _pg_server import PgServer, find_bin
-from conftest import ROOT, StartCore, missing, new_database
+from _pg_server import PgServer
+from conftest import ROOT, StartCore, new_database, start_postgres
 from core_helpers import RawClient, whole_history
 from waiting import until
 
@@ -118,9 +118,7 @@ async def test_the_schema_is_migrated_once_and_a_newer_one_is_refused(pg_url: st
 async def test_unreachable_database() -> None:
     """Writes fail clearly while the database is down and work again once it is back,
     without reopening the store; what was committed before is kept, what failed is not."""
-    if find_bin() is None:
-        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
-    server = PgServer().start()
+    server = start_postgres()
     try:
         store = await PgHistoryStore.open(server.url(), connect_timeout=2)
         await store.append({"op": "message", "message": msg(1, "Alice", to="Bob")})
@@ -146,9 +144,7 @@ async def test_the_core_rides_out_a_database_outage(start_core: StartCore) -> No
     ``storage_unavailable`` meanwhile and keep nothing, reads and pings go on, nothing
     crashes, and sending works again without restarting anything; after a restart the
     history holds exactly what was acknowledged, a retried ``client_msg_id`` once."""
-    if find_bin() is None:
-        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
-    server = PgServer().start()
+    server = start_postgres()
     try:
         url = await new_database(server)
         core = await start_core(database_url=url)
@@ -292,10 +288,8 @@ async def test_a_hung_database_fails_writes_in_time_and_recovers(
     """A database that stops answering (its backend frozen) rather than going away: the
     write fails after the command timeout instead of holding everything behind it, and
     writes work again once it answers."""
-    if find_bin() is None:
-        missing("PostgreSQL's initdb not found (apt-get install postgresql; see .ci/run)")
     monkeypatch.setattr(storage_pg, "COMMAND_TIMEOUT", 1.0)
-    server = PgServer().start()
+    server = start_postgres()
     try:
         store = await PgHistoryStore.open(server.url(), connect_timeout=2)
         await store.append({"op": "message", "message": msg(1, "Alice", to="Bob")})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CoreProcess, StartCore
+from conftest import CoreProcess, StartCore, missing
 from core_helpers import RawClient, gather_limited
 from waiting import until
 
@@ -362,7 +362,7 @@ def test_replies_to_one_read_leave_in_one_write(core_proc: CoreProcess) -> None:
     """50 requests read at once are answered by one write, not 50 (the core's cost per
     message is mostly system calls). Counted by the kernel for the core's process."""
     if not Path("/proc/self/io").exists():
-        pytest.skip("needs Linux's /proc/PID/io to count the core's write calls")
+        missing("needs Linux's /proc/PID/io to count the core's write calls")
     assert core_proc.proc is not None
     pid = core_proc.proc.pid
     burst = b"".join(encode({"purpose": "ping", "id": i}) for i in range(50))
