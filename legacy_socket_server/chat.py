@@ -41,6 +41,7 @@ from .limits import SEND_BURST, SEND_RATE, HashGate, LoginThrottle, SendBuckets
 from .login import PasswordLogin
 from .malloc import release_free_memory
 from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded, poll_reply_packet, poll_reply_tail
+from .replication import RemoteChanges
 from .rooms import RoomRules
 from .session import ChatError, Session
 from .store import HistoryState, HistoryStore
@@ -77,7 +78,7 @@ def _storage_unavailable(base: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class ChatService(PasswordLogin, RoomRules):
+class ChatService(PasswordLogin, RoomRules, RemoteChanges):
     def __init__(
         self,
         users: UserStore,
@@ -117,6 +118,9 @@ class ChatService(PasswordLogin, RoomRules):
         #: Messages written but not yet committed, by (sender, client_msg_id): a retry
         #: meanwhile is answered with the same message, never stored twice.
         self._inflight: dict[tuple[str, str], tuple[asyncio.Future[None], dict[str, Any]]] = {}
+        #: The database numbers messages (several cores share it); files: this core.
+        self._store_assigns_ids: bool = getattr(history, "assigns_ids", False)
+        self._init_remote(history)
         self._load_rooms(state)
         for msg in state.messages:
             self._index(msg)
@@ -191,9 +195,6 @@ class ChatService(PasswordLogin, RoomRules):
             room_markers,
             self._enrolled,
         )
-
-    def is_online(self, name: str) -> bool:
-        return bool(self._online.get(name))
 
     def unread(self, user: str, peer: str) -> int:
         conv = self._convs.get(pair_key(user, peer))
@@ -314,10 +315,50 @@ class ChatService(PasswordLogin, RoomRules):
         token = get_str(req, "token", max_len=256)
         self.users.refresh()
         name = self.tokens.check(token, self.users.fingerprint)
+        find = getattr(self.tokens, "find", None)
+        if name is None and find is not None:
+            # Issued a moment ago on another core, perhaps: ask the database first.
+            return self._after(
+                find(token),
+                base,
+                lambda: self._resumed(
+                    session, self.tokens.check(token, self.users.fingerprint), token
+                ),
+            )
+        return self._resumed(session, name, token)
+
+    def _resumed(self, session: Session, name: str | None, token: str) -> dict[str, Any]:
+        if session.closed:
+            raise ChatError("not_logged_in", "the connection closed during resume")
+        if session.username is not None:
+            raise BadRequest("already logged in; resume on a new connection")
         if name is None or not self.users.exists(name):
             raise ChatError("invalid_token", "this session has ended; log in again")
         self._check_sessions(name)
         return self._start_session(session, name, token)
+
+    def _after(
+        self, work: Any, base: dict[str, Any], then: Callable[[], dict[str, Any]]
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Reply with ``then()`` once the coroutine ``work`` (a database read) is done."""
+        task = self.loop().create_task(work)
+        reply: asyncio.Future[dict[str, Any]] = self.loop().create_future()
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if reply.done():
+                return
+            if t.cancelled() or t.exception() is not None:
+                reply.set_result(_storage_unavailable(base))
+                return
+            try:
+                reply.set_result({**base, "ok": True, **then()})
+            except ChatError as exc:
+                reply.set_result({**base, "ok": False, "error": exc.code, "message": exc.message})
+            except BadRequest as exc:
+                reply.set_result({**base, "ok": False, "error": "bad_request", "message": str(exc)})
+
+        task.add_done_callback(done)
+        return reply
 
     def _check_sessions(self, name: str) -> None:
         """Refuse a session past the per-user cap (docs/protocol.md#limits-per-client)."""
@@ -338,8 +379,10 @@ class ChatService(PasswordLogin, RoomRules):
         sessions = self._online.setdefault(name, set())
         sessions.add(session)
         if len(sessions) == 1:
-            self._broadcast_presence(name, True)
-            session.cursor = self.cursor()  # own presence event is not news to us
+            self._share_presence(name, True)
+            if name not in self._remote_online:  # else online on another core already
+                self._broadcast_presence(name, True)
+                session.cursor = self.cursor()  # own presence event is not news to us
         log.info("%s logged in (session %d, %s)", name, session.id, session.peer)
         return {
             "username": name,
@@ -397,7 +440,9 @@ class ChatService(PasswordLogin, RoomRules):
             sessions.discard(session)
             if not sessions:
                 del self._online[name]
-                if not self.closing:  # at shutdown nobody is left to tell: O(n) not O(n^2)
+                self._share_presence(name, False)
+                # At shutdown nobody is left to tell: O(n) not O(n^2).
+                if not self.closing and name not in self._remote_online:
                     self._broadcast_presence(name, False)
         log.info("%s left (session %d)", name, session.id)
 
@@ -449,7 +494,9 @@ class ChatService(PasswordLogin, RoomRules):
         if len(text) > MAX_TEXT_CHARS:
             raise ChatError("text_too_long", f"messages are limited to {MAX_TEXT_CHARS} characters")
         self._take_send_token(sender)
-        msg: dict[str, Any] = {"id": self._next_id, "from": sender}
+        # With several cores the database numbers it when it commits (``_write``).
+        msg: dict[str, Any] = {"id": None if self._store_assigns_ids else self._next_id}
+        msg["from"] = sender
         if kind == "peer":
             msg["to"] = target
         else:
@@ -458,10 +505,13 @@ class ChatService(PasswordLogin, RoomRules):
         msg["ts"] = iso_timestamp(self.wall_clock)
         if cmid is not None:
             msg["client_msg_id"] = cmid
-        commit = self._write({"op": "message", "message": msg}, "messages")
+        record = {"op": "message", "message": msg}
+        commit = self._write(record, "messages")
         self._next_id += 1
 
         def apply() -> dict[str, Any]:
+            if "duplicate" in record:  # sent before, through another core: that one
+                return {"message": record["duplicate"]}
             self._index(msg)
             recipients = (sender, target) if kind == "peer" else target.members
             self._emit_many(recipients, {"type": "message", "message": msg})
@@ -497,6 +547,8 @@ class ChatService(PasswordLogin, RoomRules):
             else:
                 try:
                     result = {**base, "ok": True, **(apply() if fields is None else fields)}
+                except ChatError as exc:  # the database said no (a room name taken meanwhile)
+                    result = {**base, "ok": False, "error": exc.code, "message": exc.message}
                 except Exception:  # a bug must not leave the request unanswered
                     log.exception("applying a committed %r failed", base.get("purpose"))
                     result = {

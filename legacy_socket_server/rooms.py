@@ -297,16 +297,20 @@ class RoomRules:
                 raise ChatError("unknown_user", f"no user named {m!r}")
         self._take_send_token(user)
         room = Room(name, private)
-        commit = self._write({"op": "room", "room": name, "private": private})
+        created = {"op": "room", "room": name, "private": private}
+        commit = self._write(created)
         joining = sorted({user, *members})
         for m in joining:
-            # Written together, so committed together (one transaction, or one journal).
-            commit = self._write(self._member_record(room, m, True)) or commit
+            # Written together, so committed together (one transaction, or one journal);
+            # "new": the database drops them with the room if another core took the name.
+            commit = self._write({**self._member_record(room, m, True), "new": True}) or commit
         # A compaction may only start once all of it is applied (below): its snapshot
         # replaces the journal holding these records.
 
         def apply() -> dict[str, Any]:
             self._creating.discard(name)
+            if created.get("conflict"):  # created on another core meanwhile
+                raise ChatError("room_exists", f"a room named {name!r} exists already")
             self._rooms[name] = room
             log.info("%s created the %s room %r", user, "private" if private else "public", name)
             for m in joining:

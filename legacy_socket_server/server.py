@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import collections
 import logging
+import signal
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .addresses import IPNetwork, client_address, is_trusted, parse_networks
 from .chat import MAX_SESSIONS_PER_USER, ChatService, Session
 from .datadir import prepare as prepare_data_dir
 from .limits import MIN_SEND_BURST, MIN_SEND_RATE, SEND_BURST, SEND_RATE
+from .pg_accounts import PgTokenStore, PgUserStore
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
 from .settings import (
     DEFAULT_DATA_DIR,
@@ -53,7 +55,7 @@ from .tls import (
     server_context,
 )
 from .tokens import TokenStore
-from .users import UserStore
+from .users import USERS_FILE, UserStore
 
 log = logging.getLogger("legacy_socket_server")
 
@@ -431,10 +433,18 @@ class CoreServer:
                 files.close()
                 raise
             self._dir_lock, files = files, None
+        users: UserStore
+        tokens: TokenStore
+        if history is not None:
+            users = PgUserStore(history.accounts.users)
+            tokens = PgTokenStore(history.accounts.tokens, history.append, history.lookup_token)
+        else:
+            users = UserStore(data_dir, create_demo=config.demo_users)
+            tokens = TokenStore(data_dir, fsync=config.fsync == "always")
         self.service = ChatService(
-            UserStore(data_dir, create_demo=config.demo_users),
+            users,
             history or files,  # type: ignore[arg-type]
-            TokenStore(data_dir, fsync=config.fsync == "always"),
+            tokens,
             max_frame_bytes=config.max_frame_bytes,
             send_burst=config.send_burst,
             send_rate=config.send_rate,
@@ -476,7 +486,11 @@ class CoreServer:
         history = None
         if config.database_url is not None:
             try:
-                history = await PgHistoryStore.open(config.database_url)
+                history = await PgHistoryStore.open(
+                    config.database_url,
+                    users_file=Path(config.data_dir) / USERS_FILE,
+                    demo_users=config.demo_users,
+                )
             except StorageUnavailable as exc:
                 raise StoreError(f"{exc} (--database-url / CHAT_DATABASE_URL)") from None
         try:
@@ -487,6 +501,12 @@ class CoreServer:
             raise
         loop = self._loop = asyncio.get_running_loop()
         self.service.bind_loop(loop)
+        if history is not None:
+            history.start_feed(
+                self.service.apply_remote,
+                on_reregistered=self.service.announce_presence,
+                on_lost=self._feed_lost,
+            )
         try:
             self._server = await loop.create_server(
                 lambda: Connection(self), config.host, config.port, backlog=4096
@@ -519,6 +539,12 @@ class CoreServer:
                 self.tls.files.cert,
             )
         return self
+
+    def _feed_lost(self, reason: str) -> None:
+        """Changes of other cores were pruned before this core saw them: its memory is
+        stale. Stop (a supervisor restarts it, and it reloads) rather than serve it."""
+        log.critical("stopping: %s", reason)
+        signal.raise_signal(signal.SIGTERM)
 
     async def _start_tls(self, data_dir: Path, host: str, tls: TLSListener) -> None:
         files = ensure_certificate(Path(data_dir), tls.cert, tls.key, tls.names)

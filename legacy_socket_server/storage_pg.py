@@ -1,160 +1,80 @@
-"""Chat history on PostgreSQL: the journal's records as rows (issue 14, first step).
+"""Chat history, users and tokens on PostgreSQL, shared by any number of cores (issue 14).
 
 The same interface as the file store (:class:`~legacy_socket_server.store.HistoryStore`):
 :meth:`PgHistoryStore.load` hands the service its :class:`HistoryState` at start, and
 :meth:`PgHistoryStore.append` takes the very records the file journal takes (``message``,
-``read``, ``room``, ``member``) and returns a future that completes once they are
-committed. Records appended in one loop turn share one transaction (group commit, as
-``--fsync always`` shares one fsync), written by one connection in order, so commits
-happen in the order of the records. Applying a record twice changes nothing (an existing
-message id is kept, markers only move forward), as replaying the journal does.
+``read``, ``room``, ``member``, and here also ``presence``, ``token``, ``untoken``,
+``user``) and returns a future that completes once they are committed. Records
+appended in one loop turn share one transaction (group commit, as ``--fsync always``
+shares one fsync), written by one connection in order.
+
+What only the database can decide it decides inside ``chat_apply`` (pg_schema.py): a
+message's id, whether a ``client_msg_id`` was used before (on any core), whether a room
+name is taken. The store writes those answers back into the records it was given
+(``message["id"]``, ``record["duplicate"]``, ``record["conflict"]``) before their
+futures complete, so the service's rules read them as they read their own.
 
 While the database is unreachable every future fails with :class:`StorageUnavailable`
-and the store reconnects by itself on the next write. The core uses it with
-``--database-url`` (one core for now: docs/scaling.md says what remains).
+and the store reconnects by itself on the next write. Other cores' changes arrive
+through :class:`~legacy_socket_server.pg_feed.ChangeFeed` (:meth:`start_feed`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from .pg_feed import LEASE, ChangeFeed
+from .pg_schema import migrate
 from .protocol import dumps
 from .storage_files import StorageUnavailable, StoreError
 from .store import HistoryState
 
 log = logging.getLogger(__name__)
 
-#: Schema changes in order; ``schema_version`` holds how many have run. A hand-kept
-#: list rather than a migration tool: the schema is small and owned by this one
-#: program, and each step runs in the transaction that records it.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (key text PRIMARY KEY, value bigint NOT NULL);
-    INSERT INTO meta VALUES ('boot', 0);
-    CREATE TABLE messages (
-        id bigint PRIMARY KEY,
-        sender text NOT NULL,
-        recipient text,
-        room text,
-        text text NOT NULL,
-        ts text NOT NULL,
-        client_msg_id text,
-        CHECK ((recipient IS NULL) <> (room IS NULL))
-    );
-    CREATE INDEX messages_room ON messages (room, id) WHERE room IS NOT NULL;
-    CREATE INDEX messages_pair
-        ON messages (LEAST(sender, recipient), GREATEST(sender, recipient), id)
-        WHERE recipient IS NOT NULL;
-    CREATE TABLE read_markers (
-        username text, peer text, up_to bigint NOT NULL, PRIMARY KEY (username, peer)
-    );
-    CREATE TABLE rooms (name text PRIMARY KEY, private boolean NOT NULL);
-    CREATE TABLE memberships (
-        room text REFERENCES rooms ON DELETE CASCADE, username text,
-        PRIMARY KEY (room, username)
-    );
-    CREATE TABLE room_markers (
-        username text, room text, up_to bigint NOT NULL, PRIMARY KEY (username, room)
-    );
-    CREATE TABLE enrolled (username text PRIMARY KEY);
-    """,
-    # One statement per transaction: the records of a loop turn go in as one JSON array
-    # and are applied here, as the file journal's replay applies them (a membership of
-    # an unknown room is ignored, markers only move forward), except that a message id
-    # already stored fails the write: ids are the core's, a collision is a bug.
-    """
-    CREATE FUNCTION chat_apply(records jsonb, batch bigint) RETURNS void
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        r jsonb;
-        m jsonb;
-        added int;
-    BEGIN
-        FOR r IN SELECT value FROM jsonb_array_elements(records) LOOP
-            CASE r->>'op'
-            WHEN 'message' THEN
-                m := r->'message';
-                INSERT INTO messages (id, sender, recipient, room, text, ts, client_msg_id)
-                VALUES ((m->>'id')::bigint, m->>'from', m->>'to', m->>'room', m->>'text',
-                        m->>'ts', m->>'client_msg_id')
-                ON CONFLICT (id) DO NOTHING;
-                GET DIAGNOSTICS added = ROW_COUNT;
-                IF added = 0 THEN
-                    RAISE EXCEPTION 'message id % is stored already', m->>'id';
-                END IF;
-            WHEN 'read' THEN
-                IF r ? 'room' THEN
-                    INSERT INTO room_markers AS t
-                    VALUES (r->>'user', r->>'room', (r->>'up_to')::bigint)
-                    ON CONFLICT (username, room)
-                    DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to);
-                ELSE
-                    INSERT INTO read_markers AS t
-                    VALUES (r->>'user', r->>'with', (r->>'up_to')::bigint)
-                    ON CONFLICT (username, peer)
-                    DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to);
-                END IF;
-            WHEN 'room' THEN
-                INSERT INTO rooms VALUES (r->>'room', (r->>'private')::boolean)
-                ON CONFLICT DO NOTHING;
-            WHEN 'member' THEN
-                IF EXISTS (SELECT 1 FROM rooms WHERE name = r->>'room') THEN
-                    INSERT INTO enrolled VALUES (r->>'user') ON CONFLICT DO NOTHING;
-                    IF (r->>'joined')::boolean THEN
-                        INSERT INTO memberships VALUES (r->>'room', r->>'user')
-                        ON CONFLICT DO NOTHING;
-                        INSERT INTO room_markers AS t
-                        VALUES (r->>'user', r->>'room', COALESCE((r->>'marker')::bigint, 0))
-                        ON CONFLICT (username, room)
-                        DO UPDATE SET up_to = GREATEST(t.up_to, EXCLUDED.up_to);
-                    ELSE
-                        DELETE FROM memberships WHERE room = r->>'room' AND username = r->>'user';
-                    END IF;
-                END IF;
-            ELSE
-                NULL;  -- ``boot`` and anything unknown: no row (boot is counted at open)
-            END CASE;
-        END LOOP;
-        UPDATE meta SET value = batch WHERE key = 'batch';
-    END
-    $$;
-    """,
-)
-
 #: Seconds a statement may take before the write fails (``storage_unavailable``).
 COMMAND_TIMEOUT = 10.0
 
-#: The session-level advisory lock a core holds on its database (see ``_connect``).
-_ONE_CORE_LOCK = 7_277_021
-
-_APPLY = "SELECT chat_apply($1::jsonb, $2)"
+_APPLY = "SELECT chat_apply($1::jsonb, $2, $3)"
 #: At most this much JSON per call of ``chat_apply`` (jsonb takes up to 256 MB): a loop
 #: turn's records in one call, a long stall's or an import's in several.
 PART_BYTES = 8 * 1024 * 1024
 
+Waiting = list[tuple[dict[str, Any], "asyncio.Future[None]"]]
 
-async def migrate(conn: asyncpg.Connection) -> int:
-    """Bring the schema up to date; return its version. Refuses a newer schema."""
-    async with conn.transaction():
-        # One core migrates at a time; the others wait here, then find nothing to do.
-        await conn.execute("SELECT pg_advisory_xact_lock(4711)")
-        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version int NOT NULL)")
-        version = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"the database's schema is version {version}, newer than this program "
-                f"knows ({len(MIGRATIONS)}): run the newer version of the core"
-            )
-        for step in range(version, len(MIGRATIONS)):
-            await conn.execute(MIGRATIONS[step])
-            await conn.execute("INSERT INTO schema_version VALUES ($1)", step + 1)
-            log.info("database schema migrated to version %d", step + 1)
-    return len(MIGRATIONS)
+
+@dataclass
+class Accounts:
+    """Users, resume tokens and other cores' logged-in users, as read at start."""
+
+    #: name -> argon2 hash
+    users: dict[str, str] = field(default_factory=dict)
+    #: token digest -> {"user", "pw", "used"}
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: user -> ids of the other live cores they are logged in on
+    presence: dict[str, set[int]] = field(default_factory=dict)
+
+
+def message_from(raw: dict[str, Any]) -> dict[str, Any]:
+    """A message from the database in the core's key order (jsonb keeps none)."""
+    msg: dict[str, Any] = {"id": raw["id"], "from": raw["from"]}
+    if raw.get("room") is None:
+        msg["to"] = raw["to"]
+    else:
+        msg["room"] = raw["room"]
+    msg["text"] = raw["text"]
+    msg["ts"] = raw["ts"]
+    if raw.get("client_msg_id") is not None:
+        msg["client_msg_id"] = raw["client_msg_id"]
+    return msg
 
 
 class PgHistoryStore:
@@ -163,39 +83,91 @@ class PgHistoryStore:
     #: A record is kept only once its future is done: the service applies a change
     #: after the commit, and not at all if it fails (``ChatService._commit_then``).
     commit_first = True
+    #: Message ids are the database's (several cores share it): ``chat_apply`` numbers them.
+    assigns_ids = True
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
         self._conn: asyncpg.Connection | None = None
         self._state: HistoryState | None = None
-        self._queue: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self.accounts = Accounts()
+        self._queue: Waiting = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
-        #: Transactions committed: each one writes its number, so a commit whose
+        #: This core's number in ``cores`` (its boot); 0 for a tool (the import).
+        self.core_id = 0
+        #: The change position the loaded state reflects.
+        self.position = 0
+        #: Transactions of this core: each one records its number, so a commit whose
         #: answer was lost can be looked up (``_committed_anyway``).
         self._batches = 0
+        self.feed: ChangeFeed | None = None
 
     @classmethod
-    async def open(cls, url: str, *, connect_timeout: float = 10.0) -> PgHistoryStore:
-        """Connect, migrate, count this start (``boot``) and read the history."""
+    async def open(
+        cls,
+        url: str,
+        *,
+        connect_timeout: float = 10.0,
+        core: bool = True,
+        users_file: Path | None = None,
+        demo_users: bool = True,
+    ) -> PgHistoryStore:
+        """Connect, migrate, count this start (``boot``), register the core (``core``)
+        and read the state. A database without users takes ``users_file``'s, or, when
+        new, the demo users (``demo_users``)."""
         self = cls(url, connect_timeout=connect_timeout)
         conn = await self._connect()
         try:
-            await migrate(conn)
-            async with conn.transaction():
-                boot = await conn.fetchval(
-                    "UPDATE meta SET value = value + 1 WHERE key = 'boot' RETURNING value"
+            found = await migrate(conn)
+            boot = await conn.fetchval(
+                "UPDATE meta SET value = value + 1 WHERE key = 'boot' RETURNING value"
+            )
+            if core:
+                self.core_id = boot
+                await conn.execute(
+                    "INSERT INTO cores (id, alive_until) "
+                    "VALUES ($1, now() + make_interval(secs => $2))",
+                    boot,
+                    LEASE,
                 )
+                await self._seed_users(conn, found == 0, users_file, demo_users)
+            # One snapshot: the state and the position it reflects agree, so the feed
+            # catches up from exactly there.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
                 self._state = await self._read_state(conn, boot)
-                await conn.execute("INSERT INTO meta VALUES ('batch', 0) ON CONFLICT DO NOTHING")
-                self._batches = await conn.fetchval("SELECT value FROM meta WHERE key = 'batch'")
+                self.accounts = await self._read_accounts(conn, self.core_id)
+                self.position = await conn.fetchval("SELECT value FROM meta WHERE key = 'pos'")
         except BaseException as exc:
-            await self._drop_connection()  # and with it the one-core lock
+            await self._drop_connection()
             if isinstance(exc, (StoreError, StorageUnavailable)) or not isinstance(exc, Exception):
                 raise
             raise StoreError(f"the database could not be prepared: {exc!r}") from None
         return self
+
+    async def _seed_users(
+        self, conn: asyncpg.Connection, new: bool, users_file: Path | None, demo: bool
+    ) -> None:
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
+            return
+        from .users import DEMO_USERS, HASHER, UserStore  # argon2: only when seeding
+
+        hashes: dict[str, str] = {}
+        if users_file is not None and users_file.exists():
+            hashes = UserStore(users_file.parent, create_demo=False).hashes()
+            log.warning("the database has no users: took the %d of %s", len(hashes), users_file)
+        elif new and demo:
+            hashes = {name: HASHER.hash(pw) for name, pw in DEMO_USERS.items()}
+            log.warning(
+                "a new database: created the demo users %s with their KNOWN passwords; change "
+                "them with 'python -m legacy_socket_server.users --database-url URL passwd "
+                "Alice', or start with CHAT_DEMO_USERS=0 for no users",
+                ", ".join(DEMO_USERS),
+            )
+        if hashes:
+            records = [{"op": "user", "name": n, "password_hash": h} for n, h in hashes.items()]
+            await conn.execute(_APPLY, dumps(records).decode(), self.core_id, 0)
 
     async def _connect(self) -> asyncpg.Connection:
         try:
@@ -206,18 +178,6 @@ class PgHistoryStore:
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             raise StorageUnavailable(f"cannot reach the database: {exc}") from None
-        # One core per database for now: it numbers the messages itself, so a second
-        # one would reuse its ids. The lock lives as long as this connection.
-        try:
-            locked = await conn.fetchval("SELECT pg_try_advisory_lock($1)", _ONE_CORE_LOCK)
-        except Exception as exc:
-            conn.terminate()
-            raise StorageUnavailable(f"cannot reach the database: {exc!r}") from None
-        if not locked:
-            await conn.close()
-            raise StorageUnavailable(
-                "another core uses this database (one core per database for now)"
-            )
         self._conn = conn
         return conn
 
@@ -225,20 +185,11 @@ class PgHistoryStore:
     async def _read_state(conn: asyncpg.Connection, boot: int) -> HistoryState:
         state = HistoryState(boot=boot)
         rows = await conn.fetch(
-            "SELECT id, sender, recipient, room, text, ts, client_msg_id FROM messages ORDER BY id"
+            'SELECT id, sender AS "from", recipient AS "to", room, text, ts, client_msg_id '
+            "FROM messages ORDER BY id"
         )
-        for r in rows:
-            msg: dict[str, Any] = {"id": r["id"], "from": r["sender"]}
-            if r["room"] is None:
-                msg["to"] = r["recipient"]
-            else:
-                msg["room"] = r["room"]
-            msg["text"] = r["text"]
-            msg["ts"] = r["ts"]
-            if r["client_msg_id"] is not None:
-                msg["client_msg_id"] = r["client_msg_id"]
-            state.messages.append(msg)
-        state.next_id = state.messages[-1]["id"] + 1 if state.messages else 1
+        state.messages = [message_from(r) for r in rows]
+        state.next_id = await conn.fetchval("SELECT value FROM meta WHERE key = 'next_id'")
         for r in await conn.fetch("SELECT username, peer, up_to FROM read_markers"):
             state.markers.setdefault(r["username"], {})[r["peer"]] = r["up_to"]
         for r in await conn.fetch("SELECT name, private FROM rooms"):
@@ -249,6 +200,22 @@ class PgHistoryStore:
             state.room_markers.setdefault(r["username"], {})[r["room"]] = r["up_to"]
         state.enrolled = {r["username"] for r in await conn.fetch("SELECT username FROM enrolled")}
         return state
+
+    @staticmethod
+    async def _read_accounts(conn: asyncpg.Connection, core_id: int) -> Accounts:
+        accounts = Accounts()
+        for r in await conn.fetch("SELECT name, password_hash FROM users"):
+            accounts.users[r["name"]] = r["password_hash"]
+        for r in await conn.fetch("SELECT digest, username, pw, used FROM tokens"):
+            accounts.tokens[r["digest"]] = {"user": r["username"], "pw": r["pw"], "used": r["used"]}
+        rows = await conn.fetch(
+            "SELECT p.core, p.username FROM presence p JOIN cores c ON c.id = p.core "
+            "WHERE c.alive_until > now() AND p.core <> $1",
+            core_id,
+        )
+        for r in rows:
+            accounts.presence.setdefault(r["username"], set()).add(r["core"])
+        return accounts
 
     # -- the file store's interface ----------------------------------------------------
     def load(self) -> HistoryState:
@@ -280,36 +247,82 @@ class PgHistoryStore:
         conn = self._conn if self._conn is not None else await self._connect()
         await conn.execute("UPDATE meta SET value = GREATEST(value, $1) WHERE key = 'boot'", boot)
 
+    def start_feed(
+        self,
+        apply_remote: Callable[[list[dict[str, Any]]], None],
+        *,
+        on_reregistered: Callable[[], None] | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> ChangeFeed:
+        """Hear of other cores' changes from the loaded position on (a core's start)."""
+        self.feed = ChangeFeed(
+            self.url,
+            self.core_id,
+            self.position,
+            apply_remote,
+            connect_timeout=self.connect_timeout,
+            on_reregistered=on_reregistered,
+            on_lost=on_lost,
+        )
+        self.feed.start()
+        return self.feed
+
+    async def lookup_token(self, digest: str) -> dict[str, Any] | None:
+        """A resume token's record as committed (perhaps by another core a moment ago)."""
+        if self.feed is None:
+            return None
+        return await self.feed.lookup_token(digest)
+
     def close(self) -> None:
         """Take no more records (the service's shutdown); :meth:`aclose` disconnects."""
         self._closed = True
 
     async def aclose(self) -> None:
-        """Let queued records commit (for at most a command's timeout), then disconnect."""
+        """Let queued records commit (for at most a command's timeout), then disconnect;
+        a core leaves ``cores`` (its users go offline everywhere at once)."""
         self._closed = True
         if self._writer is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._writer), COMMAND_TIMEOUT)
             except TimeoutError:
                 self._writer.cancel()  # fails what is still queued: nothing was acknowledged
+        if self.feed is not None:
+            await self.feed.stop()
+            self.feed = None
+        if self.core_id and self._conn is not None and not self._conn.is_closed():
+            try:
+                await self._conn.execute(
+                    "UPDATE cores SET alive_until = now() WHERE id = $1", self.core_id
+                )
+                await self._conn.fetchval("SELECT chat_reap()")
+            except Exception as exc:  # the lease runs out by itself
+                log.warning("could not leave the database's cores: %r", exc)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
 
     # -- writing ------------------------------------------------------------------------
     async def _write_queued(self) -> None:
-        batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        batch: Waiting = []
         try:
             while self._queue:
                 # What was appended during the last commit goes in the next one.
                 batch, self._queue = self._queue, []
+                records = [record for record, _ in batch]
                 try:
-                    await self._commit([record for record, _ in batch])
+                    positions, applied = await self._commit(records)
                 except StorageUnavailable as exc:
                     log.error("%d change(s) not stored: %s", len(batch), exc)
                     _settle(batch, exc)
                 else:
-                    _settle(batch, None)
+                    _annotate(records, applied)
+                    if self.feed is not None:
+                        await self.feed.own(positions, functools.partial(_settle, batch, None))
+                    else:
+                        _settle(batch, None)
+                finally:
+                    if self.feed is not None:
+                        self.feed.writing_batch = None
                 batch = []
         except BaseException:  # cancelled (the loop is going away): nobody waits for ever
             gone = StorageUnavailable("the history store stopped")
@@ -320,11 +333,16 @@ class PgHistoryStore:
         finally:
             self._writer = None
 
-    async def _commit(self, records: list[dict[str, Any]]) -> None:
+    async def _commit(self, records: list[dict[str, Any]]) -> tuple[list[int], list[dict]]:
+        """Commit ``records``; their change positions and the records as applied."""
         conn = self._conn
         # Never reused, even after a failure: a failed batch that did commit after all
         # must not make a later one look committed (``_committed_anyway``).
         number = self._batches = self._batches + 1
+        if self.feed is not None:
+            self.feed.writing_batch = number
+        positions: list[int] = []
+        applied: list[dict[str, Any]] = []
         try:
             if conn is None or conn.is_closed():
                 conn = await self._connect()
@@ -334,36 +352,58 @@ class PgHistoryStore:
             # cannot. Large batches (an import, a long stall) go in parts.
             async with conn.transaction():
                 for part in _parts(records):
-                    await conn.execute(_APPLY, part, number)
+                    result = json.loads(await conn.fetchval(_APPLY, part, self.core_id, number))
+                    positions.append(result["pos"])
+                    applied.extend(result["records"])
+            return positions, applied
         except StorageUnavailable:
             raise
         except asyncpg.PostgresError as exc:
             broken = conn is None or conn.is_closed()
             if not broken and not isinstance(exc, asyncpg.PostgresConnectionError):
                 raise StorageUnavailable(f"the database refused the write: {exc}") from None
-            await self._drop_connection()
-            if not await self._committed_anyway(number):
-                raise StorageUnavailable(f"the database did not take the write: {exc}") from None
+            error = f"{exc}"
         except Exception as exc:  # the connection broke (reset, closed, timed out): a new one
-            await self._drop_connection()
-            if not await self._committed_anyway(number):
-                raise StorageUnavailable(f"the database did not take the write: {exc!r}") from None
+            error = f"{exc!r}"
+        await self._drop_connection()
+        found = await self._committed_anyway(number)
+        if found is None:
+            raise StorageUnavailable(f"the database did not take the write: {error}") from None
+        return found
 
-    async def _committed_anyway(self, number: int) -> bool:
-        """Did the transaction ``number`` commit, though its answer was lost? (One core
-        writes to the database, so the counter is only ever ours.)"""
+    async def _committed_anyway(self, number: int) -> tuple[list[int], list[dict]] | None:
+        """Did this core's transaction ``number`` commit, though its answer was lost?"""
         try:
             conn = await self._connect()
-            done = await conn.fetchval("SELECT value FROM meta WHERE key = 'batch'")
+            rows = await conn.fetch(
+                "SELECT pos, records FROM changes WHERE core = $1 AND batch = $2 ORDER BY pos",
+                self.core_id,
+                number,
+            )
         except Exception:
             await self._drop_connection()
-            return False
-        return done == number
+            return None
+        if not rows:
+            return None
+        applied = [r for row in rows for r in json.loads(row["records"])]
+        return [row["pos"] for row in rows], applied
 
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
+
+
+def _annotate(records: list[dict[str, Any]], applied: list[dict[str, Any]]) -> None:
+    """Write the database's decisions back into the records the service holds."""
+    for record, done in zip(records, applied, strict=True):
+        op = done.get("op")
+        if op == "message":
+            record["message"]["id"] = done["message"]["id"]
+        elif op == "duplicate":
+            record["duplicate"] = message_from(done["message"])
+        elif done.get("conflict"):
+            record["conflict"] = True
 
 
 def _parts(records: list[dict[str, Any]]) -> Iterator[str]:
@@ -381,9 +421,7 @@ def _parts(records: list[dict[str, Any]]) -> Iterator[str]:
         yield "[" + b",".join(part).decode() + "]"
 
 
-def _settle(
-    waiting: list[tuple[dict[str, Any], asyncio.Future[None]]], error: Exception | None
-) -> None:
+def _settle(waiting: Waiting, error: Exception | None) -> None:
     for _, fut in waiting:
         if not fut.done():
             if error is None:

@@ -146,6 +146,10 @@ class UserStore:
         return True
 
     # -- queries ------------------------------------------------------------
+    def hashes(self) -> dict[str, str]:
+        """Every user's argon2 hash (the import into PostgreSQL copies them)."""
+        return dict(self._hashes)
+
     def names(self) -> list[str]:
         return sorted(self._hashes)
 

@@ -22,8 +22,9 @@ from core_helpers import RawClient, whole_history
 from waiting import until
 
 from legacy_socket_server import storage_pg
+from legacy_socket_server.pg_schema import MIGRATIONS
 from legacy_socket_server.storage_files import StorageUnavailable, StoreError
-from legacy_socket_server.storage_pg import MIGRATIONS, PgHistoryStore
+from legacy_socket_server.storage_pg import PgHistoryStore
 from legacy_socket_server.store import MOVED_MARKER, HistoryState, HistoryStore
 
 
@@ -232,20 +233,6 @@ async def test_a_data_directory_is_imported_once(
     (data / MOVED_MARKER).unlink()  # even so, the database refuses a second import
     again = migrate()
     assert again.returncode == 2 and "already holds a history" in again.stderr
-
-
-async def test_a_second_core_on_the_same_database_is_refused(
-    start_core: StartCore, pg_server: PgServer
-) -> None:
-    """Until cores share a database (ids under a lock, notifications), a second one must
-    not number messages the first has numbered too."""
-    url = await new_database(pg_server)
-    first = await start_core(database_url=url)
-    with pytest.raises(StoreError, match="another core uses this database"):
-        await start_core(database_url=url)
-    await first.stop()
-    second = await start_core(database_url=url)  # the first has let go
-    assert second.pg is not None
 
 
 async def test_a_taken_message_id_fails_the_write_and_keeps_the_message(pg_url: str) -> None:
