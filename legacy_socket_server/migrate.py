@@ -4,8 +4,9 @@
 
 Run it with the core stopped (it takes the directory as the core does), before the
 first start on the database: it refuses a database that already holds a history, so
-it cannot run twice. The directory is read, never changed. Users and resume tokens
-stay in the directory (the core reads them from ``--data-dir`` either way).
+it cannot run twice. The directory is read, never changed (but for a marker file saying
+its history moved). Users (their password hashes) and resume tokens move too, so
+nobody needs a new password and desktop clients resume on any core.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .settings import SettingsParser, add_database_url, run, setup_logging
 from .storage_files import StorageUnavailable, StoreError
 from .storage_pg import PgHistoryStore
 from .store import HistoryState, HistoryStore
+from .tokens import TokenStore
+from .users import USERS_FILE, UserStore
 
 log = logging.getLogger("legacy_socket_server.migrate")
 
@@ -50,9 +53,19 @@ def is_empty(state: HistoryState) -> bool:
     return not (state.messages or state.rooms or state.markers or state.room_markers)
 
 
-async def copy(state: HistoryState, url: str) -> int:
-    """Write ``state`` into the database at ``url``; the number of records written."""
-    store = await PgHistoryStore.open(url)
+def account_records(data_dir: Path) -> Iterator[dict[str, Any]]:
+    """The directory's users and resume tokens as records of the database's store."""
+    if (data_dir / USERS_FILE).exists():
+        for name, password_hash in sorted(UserStore(data_dir, create_demo=False).hashes().items()):
+            yield {"op": "user", "name": name, "password_hash": password_hash}
+    for digest, rec in sorted(TokenStore(data_dir).records().items()):
+        yield {"op": "token", "digest": digest, **rec}
+
+
+async def copy(state: HistoryState, url: str, accounts: list[dict[str, Any]] | None = None) -> int:
+    """Write ``state`` (and ``accounts``' records) into the database at ``url``; the
+    number of records written."""
+    store = await PgHistoryStore.open(url, core=False)
     try:
         if not is_empty(store.load()):
             raise StoreError(
@@ -65,7 +78,7 @@ async def copy(state: HistoryState, url: str) -> int:
         # Appended in one go, so committed in one transaction: a failed import leaves
         # the database empty, and it can simply be run again.
         written, pending = 0, None
-        for record in records(state):
+        for record in [*records(state), *(accounts or [])]:
             pending = store.append(record)
             written += 1
         if pending is not None:
@@ -100,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files.lock()  # refuses a directory a running core holds
         state = files.peek()
-        written = run(copy(state, args.database_url))
+        accounts = list(account_records(args.data_dir))
+        written = run(copy(state, args.database_url, accounts))
         files.mark_moved(args.database_url)  # a core started without the URL now refuses
     except (StoreError, StorageUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -108,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         files.close()
     print(
-        f"copied {len(state.messages)} messages, {len(state.rooms)} rooms and the read "
-        f"markers of {args.data_dir} ({written} records); start the core with --database-url"
+        f"copied {len(state.messages)} messages, {len(state.rooms)} rooms, the read markers, "
+        f"{sum(r['op'] == 'user' for r in accounts)} users and their resume tokens of "
+        f"{args.data_dir} ({written} records); start the core with --database-url"
     )
     return 0
 

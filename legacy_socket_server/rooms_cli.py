@@ -9,6 +9,7 @@ client instead). The journal is never written by two processes.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -18,8 +19,8 @@ from .chat import ChatService
 from .datadir import prepare as prepare_data_dir
 from .rooms import room_name
 from .session import ChatError
-from .settings import DEFAULT_DATA_DIR, SettingsParser
-from .storage_files import StoreError
+from .settings import DEFAULT_DATA_DIR, SettingsParser, add_database_url, run
+from .storage_files import StorageUnavailable, StoreError
 from .store import HistoryStore
 from .tokens import TokenStore
 from .users import UserStore
@@ -58,6 +59,29 @@ async def _change(data_dir: Path, room: str, user: str, joined: bool) -> int:
         service.close()
 
 
+def _main_pg(args: argparse.Namespace) -> int:
+    from . import pg_admin
+
+    try:
+        if args.cmd == "list":
+            for name, private, count in run(pg_admin.rooms(args.database_url)):
+                kind = "private" if private else "public"
+                print(f"{name}\t{kind}\t{count} member{'' if count == 1 else 's'}")
+            return 0
+        room = room_name(args.room)
+        print(run(pg_admin.change_member(args.database_url, room, args.user, args.cmd == "add")))
+        return 0
+    except ChatError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except LookupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except StorageUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = SettingsParser(
         prog="python -m legacy_socket_server.rooms_cli", description="Manage chat rooms."
@@ -78,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(cmd, help=text)
         p.add_argument("room")
         p.add_argument("user")
+    add_database_url(parser, ": the rooms of this database (add/remove beside running cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if args.database_url is not None:
+        return _main_pg(args)
     data_dir = prepare_data_dir(args.data_dir)
     try:
         if args.cmd == "list":

@@ -154,6 +154,10 @@ class TokenStore:
         self._compact()
         self._close_journal()
 
+    def records(self) -> dict[str, dict[str, object]]:
+        """Every live token's record by digest (the import into PostgreSQL copies them)."""
+        return dict(self._records)
+
     def issue(self, username: str, pw_fingerprint: str) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         now = time.time()

@@ -28,8 +28,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from .datadir import prepare as prepare_data_dir
-from .settings import DEFAULT_DATA_DIR, SettingsParser, boolean
-from .storage_files import StoreError, atomic_write, load_json_file
+from .settings import DEFAULT_DATA_DIR, SettingsParser, add_database_url, boolean, run
+from .storage_files import StorageUnavailable, StoreError, atomic_write, load_json_file
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,43 @@ def _read_password(prompt: str) -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
+def _main_pg(cmd: str, name: str, url: str) -> int:
+    from . import pg_admin
+
+    names = run(pg_admin.user_names(url))
+    if cmd == "list":
+        for n in names:
+            print(n)
+        return 0
+    problem = _refusal(cmd, name, name in names)
+    if problem:
+        print(f"error: {problem[1]}", file=sys.stderr)
+        return problem[0]
+    if cmd == "remove":
+        run(pg_admin.set_user(url, name, None))
+        print(f"removed {name}")
+        return 0
+    password = _read_password(f"Password for {name}: ")
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return 2
+    run(pg_admin.set_user(url, name, HASHER.hash(password)))
+    print(f"{'added' if cmd == 'add' else 'changed password of'} {name}")
+    return 0
+
+
+def _refusal(cmd: str, name: str, exists: bool) -> tuple[int, str] | None:
+    """Why ``cmd`` cannot be done for ``name`` (exit code, message), or None."""
+    if cmd == "add":
+        if not USERNAME_RE.match(name):
+            return 2, "names are 1-32 letters, digits, '_', '.' or '-'"
+        if exists:
+            return 1, f"{name} already exists (use passwd)"
+    elif not exists:
+        return 1, f"no user named {name}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = SettingsParser(
         prog="python -m legacy_socket_server.users", description="Manage chat users."
@@ -225,8 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     ]:
         sub.add_parser(cmd, help=text).add_argument("name")
     sub.add_parser("list", help="list user names")
+    add_database_url(parser, ": the users of this database (beside running cores)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if args.database_url is not None:
+        try:
+            return _main_pg(args.cmd, getattr(args, "name", ""), args.database_url)
+        except StorageUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
     try:
         store = UserStore(prepare_data_dir(args.data_dir), create_demo=args.demo_users)
@@ -238,16 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             print(name)
         return 0
     name = args.name
-    if args.cmd == "add":
-        if not USERNAME_RE.match(name):
-            print("error: names are 1-32 letters, digits, '_', '.' or '-'", file=sys.stderr)
-            return 2
-        if store.exists(name):
-            print(f"error: {name} already exists (use passwd)", file=sys.stderr)
-            return 1
-    elif not store.exists(name):
-        print(f"error: no user named {name}", file=sys.stderr)
-        return 1
+    problem = _refusal(args.cmd, name, store.exists(name))
+    if problem:
+        print(f"error: {problem[1]}", file=sys.stderr)
+        return problem[0]
     if args.cmd == "remove":
         store.remove(name)
         print(f"removed {name}")

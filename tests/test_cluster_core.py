@@ -6,11 +6,14 @@ before, a room name) is decided once for all of them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from _pg_server import PgServer
-from conftest import StartCore, new_database
+from conftest import ROOT, StartCore, new_database
 from core_helpers import RawClient, whole_history
 from waiting import until
 
@@ -142,3 +145,56 @@ async def test_a_room_name_is_taken_once_across_cores(
         room = core.service._rooms["ops"]
         assert room.members == {"Alice" if winner is alice else "Bob"}
     assert (await loser.request("send_message", room="ops", text="x"))["ok"] is False
+
+
+async def test_the_clis_change_users_and_rooms_beside_running_cores(
+    two_cores: tuple[CoreServer, CoreServer],
+) -> None:
+    """``users`` and ``rooms_cli`` with ``--database-url``: every running core hears of
+    the change at once (a new user logs in anywhere; a member added is a member)."""
+    one, two = two_cores
+    url = one.config.database_url
+    env = {**os.environ, "CHAT_DATABASE_URL": url or ""}
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", *args],
+            env=env,
+            cwd=ROOT,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    added = cli("legacy_socket_server.users", "add", "Dana", stdin="s3cret\n")
+    assert added.returncode == 0, added.stderr
+    assert cli("legacy_socket_server.users", "list").stdout.split() == [
+        "Alice",
+        "Bob",
+        "Charlie",
+        "Dana",
+    ]
+    for core in (one, two):
+        await until(lambda core=core: core.service.users.exists("Dana"), what="Dana known")
+        dana = await RawClient.to(core)
+        await dana.login("Dana", "s3cret")
+        rooms = {r["name"]: r["joined"] for r in (await dana.call("rooms"))["rooms"]}
+        assert rooms == {"general": True}
+    alice = await RawClient.to(one)
+    await alice.login("Alice")
+    await alice.call("create_room", room="ops", private=True)
+    moved = cli("legacy_socket_server.rooms_cli", "add", "ops", "Dana")
+    assert moved.returncode == 0 and "added Dana to ops" in moved.stdout, moved.stderr
+    await until(lambda: "Dana" in member_of(two, "ops"), what="Dana in ops on the other core")
+    listed = cli("legacy_socket_server.rooms_cli", "list").stdout
+    assert "ops\tprivate\t2 members" in listed
+    removed = cli("legacy_socket_server.users", "remove", "Dana")
+    assert removed.returncode == 0, removed.stderr
+    await until(lambda: not two.service.users.exists("Dana"), what="Dana gone everywhere")
+    await until(lambda: "Dana" not in member_of(one, "ops"), what="Dana out of ops")
+
+
+def member_of(core: CoreServer, room: str) -> set[str]:
+    found = core.service._rooms.get(room)
+    return found.members if found is not None else set()
