@@ -335,7 +335,19 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         "users compare when their client first connects (the core logs it at every start too).",
         env=env,
     )
-    p.add_argument("command", choices=["fingerprint"])
+    p.add_argument(
+        "command",
+        choices=["fingerprint", "generate"],
+        help="fingerprint: print it; generate: make the self-signed pair in --data-dir unless "
+        "it is there (several cores then present one certificate: docs/deploy.md#cluster)",
+    )
+    p.add_setting(
+        "--tls-names",
+        env="CHAT_TLS_NAMES",
+        type=parse_names,
+        default=parse_names(DEFAULT_NAMES),
+        help="generate: the names (and addresses) users type as --host, comma-separated",
+    )
     p.add_setting(
         "--data-dir",
         env="CHAT_DATA_DIR",
@@ -351,6 +363,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
         help="the operator's certificate, when the core uses one",
     )
     args = p.parse_args(argv)
+    if args.command == "generate":
+        try:
+            ensure_certificate(args.data_dir, None, None, args.tls_names)
+        except OSError as exc:
+            print(f"cannot write the certificate in {args.data_dir}: {exc}", file=sys.stderr)
+            return 1
     path = args.tls_cert or args.data_dir / CERT_FILE
     try:
         print(fingerprint_of_file(path))
