@@ -151,12 +151,22 @@ class PgHistoryStore:
     ) -> None:
         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
             return
+        from .tokens import TokenStore
         from .users import DEMO_USERS, HASHER, UserStore  # argon2: only when seeding
 
         hashes: dict[str, str] = {}
+        tokens: dict[str, dict[str, object]] = {}
         if users_file is not None and users_file.exists():
+            # The directory's accounts move in (a core that kept only its history here
+            # before): nobody needs a new password, desktop clients resume.
             hashes = UserStore(users_file.parent, create_demo=False).hashes()
-            log.warning("the database has no users: took the %d of %s", len(hashes), users_file)
+            tokens = TokenStore(users_file.parent).records()
+            log.warning(
+                "the database has no users: took the %d users and %d resume tokens of %s",
+                len(hashes),
+                len(tokens),
+                users_file.parent,
+            )
         elif new and demo:
             hashes = {name: HASHER.hash(pw) for name, pw in DEMO_USERS.items()}
             log.warning(
@@ -167,7 +177,10 @@ class PgHistoryStore:
             )
         if hashes:
             records = [{"op": "user", "name": n, "password_hash": h} for n, h in hashes.items()]
-            await conn.execute(_APPLY, dumps(records).decode(), self.core_id, 0)
+            records += [{"op": "token", "digest": d, **rec} for d, rec in tokens.items()]
+            async with conn.transaction():  # all of them or none (then the next start)
+                for part in _parts(records):
+                    await conn.execute(_APPLY, part, self.core_id, 0)
 
     async def _connect(self) -> asyncpg.Connection:
         try:
