@@ -78,6 +78,7 @@ from _setup import (
     start_bare_aiohttp,
     start_core,
 )
+from _topology import Topology, _stop_core, cluster, single
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -207,17 +208,26 @@ def run_point(
         tokens = make_data_dir_fast(Path(tmp), n)
         names = list(tokens)
         url = None
-        if store == "postgres":
+        if store in ("postgres", "cluster"):
             url = asyncio.run(create_database(args.pg, f"load_{os.getpid()}_{next(_points)}"))
-        core, core_port = start_core(Path(tmp), database_url=url)
+        web_extra = ["--idle-timeout", "3600"]
         if target == "bare":
+            core, core_port = start_core(Path(tmp), database_url=url)
             bare, web_port = start_bare_aiohttp()
-            web_pid = bare.pid
-        else:
-            probe = _gc_probe.start_web(
-                core_port, "--idle-timeout", "3600", tracemalloc_frames=args.tracemalloc
+            topo = Topology(
+                core_port,
+                web_port,
+                {"core": [core.pid], "web": [bare.pid]},
+                None,  # type: ignore[arg-type]
+                [_stop_core(core), lambda: (bare.terminate(), bare.wait(60))],
             )
-            web_pid, web_port = probe.pid, probe.port
+        elif store == "cluster":
+            topo = cluster(Path(tmp), url, web_extra, tracemalloc=args.tracemalloc)  # type: ignore[arg-type]
+        else:
+            topo = single(Path(tmp), url, web_extra, args.tracemalloc)
+        probe = topo.probe
+        core_port, web_port = topo.core_port, topo.web_port
+        web_pid = topo.pids["web"][0]
         if mode == "pollmax":
             desk, brow = [], names
         else:
@@ -273,9 +283,9 @@ def run_point(
             for c in conns:
                 c.send(("window", (t_start, t_end, args.drain)))
             time.sleep(max(0.0, t_start - time.perf_counter()))
-            pids = {"core": core.pid, "web": web_pid}
+            pids = topo.pids
             gen_pids = [p.pid for p in procs]
-            cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+            cpu0 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
             gen0 = [cpu_seconds(p) for p in gen_pids]
             m0 = machine_cpu()
             gc_setup = probe.mark() if probe else None
@@ -290,7 +300,7 @@ def run_point(
                                 "py-spy",
                                 "record",
                                 "--pid",
-                                str(pids[role]),
+                                str(pids[role][0]),
                                 "-d",
                                 str(max(1, int(args.seconds) - 1)),
                                 "-r",
@@ -305,11 +315,11 @@ def run_point(
                         )
                     )
             time.sleep(max(0.0, t_end - time.perf_counter()))
-            cpu1 = {k: cpu_seconds(v) for k, v in pids.items()}
+            cpu1 = {k: sum(cpu_seconds(p) for p in v) for k, v in pids.items()}
             gen1 = [cpu_seconds(p) for p in gen_pids]
             m1 = machine_cpu()
             gc_window = probe.mark() if probe else None
-            rss = {"core": rss_kib(core.pid), "web": rss_kib(web_pid)}
+            rss = {"core": rss_kib(pids["core"][0]), "web": rss_kib(web_pid)}
             if probe and args.census:
                 # What the window left for the GC to walk (the census counts only
                 # objects outside the frozen generation).
@@ -333,18 +343,7 @@ def run_point(
                 if p.is_alive():
                     p.kill()
             t_stop = time.perf_counter()
-            if probe is not None:
-                probe.stop()
-            else:
-                bare.terminate()
-                bare.wait(60)
-            core.terminate()
-            try:
-                core.wait(60)
-            except subprocess.TimeoutExpired:
-                print("# core still running 60 s after SIGTERM: killed", flush=True)
-                core.kill()
-                core.wait(10)
+            topo.stop()
             print(f"# web + core stopped in {time.perf_counter() - t_stop:.1f} s", flush=True)
 
     acked: dict[int, str] = {}
@@ -380,6 +379,7 @@ def run_point(
         "sent": sent,
         "acked": len(acked),
         "msgs_s": len(acked) / secs,
+        "seconds": secs,
         "p50": pct(all_lat, 0.5),
         "p99": pct(all_lat, 0.99),
         "max": all_lat[-1] * 1000 if all_lat else float("nan"),
@@ -397,6 +397,7 @@ def run_point(
         "ws_closed": dict(ws_closed),
         "cpu_core": (cpu1["core"] - cpu0["core"]) / secs,
         "cpu_web": (cpu1["web"] - cpu0["web"]) / secs,
+        "cpu_lb": (cpu1.get("lb", 0.0) - cpu0.get("lb", 0.0)) / secs,
         "cpu_gen": sum(gen_cpu),
         "cpu_gen_max": max(gen_cpu),
         "machine_busy": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]),
@@ -405,8 +406,7 @@ def run_point(
         "rss_core_mib": rss["core"] / 1024,
         # CPU used on this machine by processes other than ours (other work sharing it)
         "cpu_other": (m1[0] - m0[0]) / max(1, m1[1] - m0[1]) * (os.cpu_count() or 1)
-        - ((cpu1["core"] - cpu0["core"]) + (cpu1["web"] - cpu0["web"]) + sum(gen1) - sum(gen0))
-        / secs,
+        - (sum(cpu1.values()) - sum(cpu0.values()) + sum(gen1) - sum(gen0)) / secs,
         "rss_web_mib": rss["web"] / 1024,
         "rss_web_base_mib": rss_web_base / 1024,
         # KiB of web RSS per browser session: all logged in and receiving, before the window
@@ -433,7 +433,8 @@ def line(r: dict[str, Any]) -> str:
         f"p50/p99/max {r['p50']:6.1f}/{r['p99']:7.1f}/{r['max']:7.1f} ms  "
         f"HTTP {r['http_s']:6.0f}/s ws frames {r['ws_frames_s']:5.0f}/s "
         f"core {r['core_req_s']:6.0f}/s  "
-        f"cpu core {r['cpu_core']:.2f} web {r['cpu_web']:.2f} gen {r['cpu_gen']:.2f} "
+        f"cpu core {r['cpu_core']:.2f} web {r['cpu_web']:.2f} lb {r['cpu_lb']:.2f} "
+        f"gen {r['cpu_gen']:.2f} "
         f"(busiest gen {r['cpu_gen_max']:.2f}) "
         f"(machine {r['machine_busy'] * 100:.0f}%, others {r['cpu_other']:.2f})  "
         f"rss core {r['rss_core_mib']:.0f} web {r['rss_web_mib']:.0f} MiB "
@@ -446,15 +447,22 @@ def line(r: dict[str, Any]) -> str:
     )
 
 
+def per_message(r: dict[str, Any], key: str) -> str:
+    """CPU µs per delivered message (each message counts once, whatever its recipients)."""
+    delivered = r["acked"] - r["lost"]
+    return f"{r[key] * r['seconds'] / delivered * 1e6:.0f}" if delivered else "–"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     out = [
         "| mode | target | users (D+B) | msg/s | p50 / p99 / max ms | p50 D→D, B→B ms | "
         "HTTP req/s | ws frames/s | core req/s (desktop) | "
-        "CPU core / web / gen (busiest) / other (cores) | machine busy | "
+        "CPU core / web / gen (busiest) / other (cores) | "
+        "CPU µs per delivered message core / web / HAProxy | machine busy | "
         "RSS core / web MiB | web KiB per browser (trimmed) | "
         "web GC max ms gen0/1/2 window; setup | "
         "lost | dup | resets | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         dd = r["p50_by"].get("DD", float("nan"))
@@ -466,6 +474,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['core_req_s']:.0f} | "
             f"{r['cpu_core']:.2f} / {r['cpu_web']:.2f} / {r['cpu_gen']:.2f} "
             f"({r['cpu_gen_max']:.2f}) / {r['cpu_other']:.2f} | "
+            f"{per_message(r, 'cpu_core')} / {per_message(r, 'cpu_web')} / "
+            f"{per_message(r, 'cpu_lb')} | "
             f"{r['machine_busy'] * 100:.0f}% | {r['rss_core_mib']:.0f} / {r['rss_web_mib']:.0f} | "
             f"{r['rss_per_browser_kib']:.1f} ({r['rss_per_browser_trim_kib']:.1f}) | "
             f"{gc_text(r['gc_window'])}; "
@@ -559,10 +569,11 @@ def main() -> None:
     ap.add_argument(
         "--store",
         nargs="+",
-        choices=["files", "postgres"],
+        choices=["files", "postgres", "cluster"],
         default=["files"],
-        help="where the core keeps its history: files, and/or a throwaway PostgreSQL "
-        "(a fresh database per point)",
+        help="files: 1 core + 1 web app on files; postgres: the same on a throwaway "
+        "PostgreSQL; cluster: 2 cores + 2 web apps on it behind HAProxy (a fresh database "
+        "per point)",
     )
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--drain", type=float, default=3.0, help="receive-only seconds after")
@@ -606,12 +617,13 @@ def main() -> None:
         print("# the census's collections stall the web app before the window", flush=True)
     rows = []
     with contextlib.ExitStack() as stack:
-        args.pg = stack.enter_context(pg_server()) if "postgres" in args.store else None
+        on_pg = {"postgres", "cluster"} & set(args.store)
+        args.pg = stack.enter_context(pg_server()) if on_pg else None
         for n in args.users:
             for mode in args.mode:
                 for target, store in points(args, mode):
                     r = run_point(args, mode, n, target, store)
-                    r["target"] += "/pg" if store == "postgres" else ""
+                    r["target"] += {"postgres": "/pg", "cluster": "/2+2"}.get(store, "")
                     rows.append(r)
                     report_point(r)
     print()
