@@ -29,6 +29,8 @@ from legacy_socket_server.protocol import dumps
 
 #: 20 bits of epoch + 32 of seq fit a JavaScript number exactly.
 EPOCH_BITS = 20
+#: Room messages whose encoding is kept for the sessions still to receive them.
+ROOM_MESSAGES_SHARED = 256
 
 _RESET_MARK = b'{"type":"_reset"}'
 
@@ -36,6 +38,37 @@ _RESET_MARK = b'{"type":"_reset"}'
 def encode_event(event: dict[str, Any]) -> bytes:
     """An event as it will be sent to the browser (the core's events are valid JSON)."""
     return dumps(event)
+
+
+class SharedEncodings:
+    """Events encoded once for all sessions of a web app.
+
+    A wave of N logins puts N presence events in each of N session buffers,
+    and a message to a room of N browser users reaches N sessions: sharing
+    the encoding turns N copies into one (per presence state, per message).
+    """
+
+    def __init__(self) -> None:
+        self._presence: dict[tuple[Any, ...], bytes] = {}
+        self._room_messages: dict[tuple[Any, ...], bytes] = {}
+
+    def encode(self, event: dict[str, Any]) -> bytes:
+        """``event`` encoded; one object for equal events across all sessions."""
+        kind = event.get("type")
+        if kind == "presence":
+            key: tuple[Any, ...] = (event.get("username"), event.get("online"))
+            table = self._presence
+        elif kind == "message" and "room" in event.get("message", ()):
+            key = (event["message"].get("id"),)
+            table = self._room_messages
+        else:
+            return encode_event(event)
+        encoded = table.get(key)
+        if encoded is None:
+            encoded = table[key] = encode_event(event)
+            if table is self._room_messages and len(table) > ROOM_MESSAGES_SHARED:
+                del table[next(iter(table))]  # the oldest: every session has it by now
+        return encoded
 
 
 class Poll(NamedTuple):

@@ -15,6 +15,7 @@ from legacy_socket_server.server import add_tls, tls_from_args
 from legacy_socket_server.settings import (
     DEFAULT_DATA_DIR,
     SettingsParser,
+    add_database_url,
     add_log_level,
     add_storage,
     host_port,
@@ -30,6 +31,7 @@ from .limits import (
     MAX_SESSIONS_PER_ADDRESS,
     MAX_SESSIONS_PER_USER,
 )
+from .shared_sessions import REFRESH_EVERY
 from .ws import KEEPALIVE, MAX_SEND_BUFFER
 
 #: The browser's ways of getting events (``?transport=`` in the page URL overrides).
@@ -76,6 +78,12 @@ class WebConfig:
     core_tls: ClientTLS | None = None
     #: The embedded core's TLS listener for desktop clients; None: off.
     tls: TLSListener | None = None
+    #: PostgreSQL where browser sessions are kept so that any web app can serve any
+    #: browser (docs/deploy.md#web-apps-on-postgresql); None: in this process only.
+    #: The embedded core keeps its history there too.
+    database_url: str | None = None
+    #: Seconds between refreshes of the sessions' ``last_seen`` (shared_sessions.py).
+    session_refresh: float = REFRESH_EVERY
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
@@ -195,6 +203,11 @@ def build_parser(env: Mapping[str, str] | None = None) -> SettingsParser:
         help="browser sessions in all (each is a core connection: keep it under the core's "
         "--max-connections); one more gets 503 server_busy",
     )
+    add_database_url(
+        p,
+        ": keep browser sessions there so that any web app serves any browser (a killed "
+        "or replaced web app logs nobody out); the embedded core keeps its history there too",
+    )
     add_tls(p, note="embedded core: ")
     add_log_level(p)
     p.add_check(
@@ -236,4 +249,5 @@ def config_from_args(args: argparse.Namespace) -> WebConfig:
         if args.core_tls or args.core_cafile or args.core_fingerprint
         else None,
         tls=tls_from_args(args),
+        database_url=args.database_url,
     )

@@ -24,6 +24,12 @@ Life of a session: ``login`` -> polled by its tabs -> ends on ``logout``, after
 or when the core refuses its token. If the core connection drops, the pump
 reconnects with backoff and ``resume``; tabs get ``core_unavailable`` meanwhile
 and one ``reset`` afterwards (events in the gap are unknown: reload).
+
+With a shared session table (``--database-url``, app/shared_sessions.py) a session
+outlives this process: a cookie this web app does not hold is looked up there and
+resumed (:meth:`Gateway.resume_session`), and an idle session or a stopping web app
+only *lets go* of its copy (:meth:`Gateway.drop`: the connection closes, the token and
+the row stay) instead of logging it out; only ``logout`` or a refused token ends it.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import contextlib
 import logging
 import random
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
 from legacy_socket_server.tls import ClientTLS
 
-from .buffer import EventBuffer, Poll, encode_event
+from .buffer import SharedEncodings
+from .forwarding import Forwarding
 from .heap import Heap
 from .limits import (
     MAX_SESSIONS,
@@ -48,6 +55,11 @@ from .limits import (
     Refused,
     SessionCaps,
 )
+from .session import BrowserSession, NotLoggedIn
+from .session_store import SessionStoreUnavailable
+
+if TYPE_CHECKING:
+    from .shared_sessions import SharedSessions
 
 log = logging.getLogger(__name__)
 
@@ -62,43 +74,9 @@ BACKOFF_MAX = 2.0
 HEALTH_TIMEOUT = 2.0
 #: Session ids carry 256 bits; the protocol asks for at least 128.
 SESSION_ID_BYTES = 32
-#: Room messages whose encoding is kept for the sessions still to receive them.
-ROOM_MESSAGES_SHARED = 256
-#: Tries at pairing a user list with a buffer position before taking the
-#: nearest one (each try that fails means a poll reply crossed the request).
-USERS_PAIRING_TRIES = 5
 
 
-class NotLoggedIn(Exception):
-    """No session, an ended session, or a token the core refused."""
-
-
-class BrowserSession:
-    """One browser session (any number of tabs): a core connection and its buffer."""
-
-    def __init__(
-        self, sid: str, username: str, token: str, client: CoreClient, keep: int, address: str
-    ) -> None:
-        self.sid = sid
-        self.username = username
-        #: The browser's address (the key of the per-address caps).
-        self.address = address
-        self.token = token
-        self.client = client
-        self.buffer = EventBuffer(keep)
-        #: Poll replies received on the current connection (see Gateway.users).
-        self.poll_replies = 0
-        self.connected = True
-        self.ended = False
-        self.last_poll = asyncio.get_running_loop().time()
-        self.polls_in_flight = 0
-        self.pump: asyncio.Task[None] | None = None
-
-    def touch(self) -> None:
-        self.last_poll = asyncio.get_running_loop().time()
-
-
-class Gateway:
+class Gateway(Forwarding):
     """All browser sessions of this web app, keyed by their cookie value."""
 
     def __init__(
@@ -124,9 +102,11 @@ class Gateway:
         self._probe: CoreClient | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.closing = False
-        self._presence_events: dict[tuple[Any, ...], bytes] = {}
         self._heap = Heap()
-        self._room_messages: dict[tuple[Any, ...], bytes] = {}
+        #: One encoding per equal event across all sessions (buffer.py).
+        self._encodings = SharedEncodings()
+        #: The shared session table (``--database-url``); None: sessions live here only.
+        self.shared: SharedSessions | None = None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,15 +119,24 @@ class Gateway:
             s.buffer.notify()
 
     async def close(self) -> None:
-        """Log every session out of the core (their tokens die with this process)."""
+        """Log every session out of the core (their tokens die with this process).
+
+        With a shared session table, let go of them instead: another web app resumes
+        them on the browsers' next requests, so replacing this one logs nobody out.
+        """
         self._heap.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        if self.shared is not None:
+            await self.shared.stop()  # first: an adoption finishing later would be left open
+        let_go = self.drop if self.shared is not None else self.end
         await asyncio.gather(
-            *(self.end(s) for s in list(self.sessions.values())), return_exceptions=True
+            *(let_go(s) for s in list(self.sessions.values())), return_exceptions=True
         )
+        if self.shared is not None:
+            await self.shared.close()
         if self._probe is not None:
             await self._probe.close()
 
@@ -174,6 +163,12 @@ class Gateway:
         if session is None or session.ended:
             raise NotLoggedIn
         return session
+
+    async def adopt(self, sid: str | None, address: str) -> BrowserSession:
+        """A session this web app does not hold, from the shared table; else NotLoggedIn."""
+        if self.shared is None:
+            raise NotLoggedIn
+        return await self.shared.adopt(sid, address)
 
     async def login(
         self, username: Any, password: Any, address: str = ""
@@ -219,39 +214,100 @@ class Gateway:
             await client.exit()
             raise
         sid = secrets.token_urlsafe(SESSION_ID_BYTES)
+        if self.shared is not None:
+            # Written before the browser gets its cookie: any web app can then serve it.
+            try:
+                await self.shared.save(sid, name, reply["token"])
+            except BaseException:
+                self.caps.drop_user(name)
+                await client.exit()
+                raise
         session = BrowserSession(sid, name, reply["token"], client, self.buffer_events, address)
         # The buffer starts empty at the login's core cursor: the list in the
         # reply is exact at the buffer's head.
         position = session.buffer.head
-        stream = self._stream(session, reply["cursor"])
-        self.sessions[sid] = session
-        session.pump = asyncio.create_task(
-            self._pump(session, stream), name=f"pump-{reply['username']}"
-        )
+        self._begin(session, reply["cursor"])
         log.info(
             "browser session of %s started (%d sessions)", session.username, len(self.sessions)
         )
-        self._heap.login()
         fields = {"username": name, "users": reply["users"], "rooms": reply.get("rooms", [])}
         return session, {**fields, "cursor": position}
 
-    async def end(self, session: BrowserSession) -> None:
-        """Log out of the core (``exit`` ends the token) and forget the session."""
+    async def resume_session(self, sid: str, token: str, address: str) -> BrowserSession:
+        """Serve here a session another web app logged in: a new core connection, ``resume``.
+
+        Raise :class:`CoreError` (``invalid_token``: the session has ended), or
+        CoreUnavailable / Refused as a login would. Never ``exit`` on failure: the
+        token is the browser's, still valid elsewhere.
+        """
+        if self.closing:
+            raise CoreUnavailable("this web app is stopping")
+        self.caps.reserve(address)
+        try:
+            client = await self._connect()
+            try:
+                reply = await client.resume(token)
+                self.caps.add_user(reply["username"])
+            except BaseException:
+                await client.close()
+                raise
+        except BaseException:
+            self.caps.release(address)
+            raise
+        name = reply["username"]
+        session = BrowserSession(sid, name, token, client, self.buffer_events, address)
+        self._begin(session, reply["cursor"])
+        return session
+
+    def _begin(self, session: BrowserSession, cursor: int) -> None:
+        """Serve ``session`` from now on: its poll stream from core cursor ``cursor``."""
+        stream = self._stream(session, cursor)
+        self.sessions[session.sid] = session
+        session.pump = asyncio.create_task(
+            self._pump(session, stream), name=f"pump-{session.username}"
+        )
+        self._heap.login()
+
+    async def end(self, session: BrowserSession, *, forget_row: bool = True) -> None:
+        """Log out of the core (``exit`` ends the token) and forget the session.
+
+        With a shared table its row goes too (``forget_row``; not when it is already gone).
+        """
         if session.ended:
             return
-        self._forget(session)
-        session.buffer.notify()  # held polls answer now (401)
-        if session.pump is not None:
-            session.pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session.pump
-            session.pump = None  # the task's exception would hold the session in a cycle
+        await self._stop(session)
         try:
             await session.client.exit()
         except CoreUnavailable:
             # The token outlives us only until the core's 7-day expiry.
             log.info("could not send exit for %s: core unreachable", session.username)
+        if forget_row and self.shared is not None:
+            await self.shared.forget(session.sid)
         log.info("browser session of %s ended (%d sessions)", session.username, len(self.sessions))
+
+    async def drop(self, session: BrowserSession) -> None:
+        """Let go of a session without logging it out (shared table only): its connection
+        closes (the user goes offline unless another one holds them), its token and row
+        stay, and the browser's next request is served again, here or on another web app."""
+        if session.ended:
+            return
+        session.quiet = True
+        await self._stop(session)
+        await session.client.close()
+        log.info(
+            "let go of the browser session of %s (%d sessions)",
+            session.username,
+            len(self.sessions),
+        )
+
+    async def _stop(self, session: BrowserSession) -> None:
+        self._forget(session)
+        session.buffer.notify()  # held polls answer now (401, or 503 when let go)
+        if session.pump is not None:
+            session.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.pump
+            session.pump = None  # the task's exception would hold the session in a cycle
 
     def socket_closed(self) -> None:
         """A tab's WebSocket ended: its connection's cycles count towards a full collection."""
@@ -263,96 +319,17 @@ class Gateway:
             self.caps.remove(session.username, session.address)
             self._heap.ended()
 
-    # -- forwarding ------------------------------------------------------------------------
-    async def call(self, session: BrowserSession, purpose: str, **fields: Any) -> dict[str, Any]:
-        """Forward one request; raise CoreError, CoreUnavailable or NotLoggedIn."""
-        if not session.connected:
-            raise CoreUnavailable("reconnecting to the core")
-        if purpose == "read":
-            # Our tabs share this connection: ask the core to tell it too, so
-            # the other tabs hear of the marker through the buffer.
-            fields["echo"] = True
-        return await session.client.call(purpose, **fields)
-
-    async def users(self, session: BrowserSession) -> dict[str, Any]:
-        """The core's user list, with ``cursor`` the buffer position it is exact at."""
-        reply, head = await self.listing(session, "users")
-        return {"users": reply["users"], "cursor": head}
-
-    async def rooms(self, session: BrowserSession) -> dict[str, Any]:
-        """The rooms this user sees, with ``cursor`` the buffer position it is exact at."""
-        reply, head = await self.listing(session, "rooms")
-        return {"rooms": reply["rooms"], "cursor": head}
-
-    async def listing(self, session: BrowserSession, purpose: str) -> tuple[dict[str, Any], int]:
-        """A list request (``users``, ``rooms``) and the buffer position its counts hold at.
-
-        The list reflects every event up to the core cursor in its reply. A
-        poll is open at the core whenever this is sent (the stream re-polls as
-        soon as a reply is decoded), and the core processes one connection's
-        requests in order, so: if no poll reply arrives between sending
-        ``users`` and decoding its reply, that poll was held while the core
-        built the list, hence every message and read event the list counts was
-        already sent to us, and appended, before the list's reply: the
-        buffer's head then is the exact position. If a poll reply crossed the
-        request, the core may have built the list while events waited for the
-        next poll; ask again. (Presence changes may reach the buffer up to
-        100 ms after the list shows them; applying one again changes nothing.)
-        """
-        for _ in range(USERS_PAIRING_TRIES):
-            if not session.connected:
-                raise CoreUnavailable("reconnecting to the core")
-            before = session.poll_replies
-            reply, (head, replies) = await session.client.request_stamped(
-                purpose, lambda: (session.buffer.head, session.poll_replies)
-            )
-            if not reply.get("ok"):
-                raise CoreError(reply)
-            if replies == before:
-                break
-        else:
-            log.info("%s list of %s paired approximately (busy)", purpose, session.username)
-        return reply, head
-
-    async def poll(self, session: BrowserSession, cursor: int | None, wait_s: float) -> Poll:
-        """Answer a browser poll from the buffer, waiting up to ``wait_s`` for news."""
-        buf = session.buffer
-        session.polls_in_flight += 1
-        session.touch()
-        try:
-            reply = buf.collect(cursor)
-            if reply.events or reply.reset:
-                return reply
-            if cursor is None:
-                cursor = reply.cursor
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait_s
-            while True:
-                if session.ended:
-                    raise NotLoggedIn
-                if not session.connected:
-                    raise CoreUnavailable("reconnecting to the core")
-                remaining = deadline - loop.time()
-                if remaining <= 0 or self.closing:
-                    return reply
-                await buf.changed(remaining)
-                reply = buf.collect(cursor)
-                if reply.events or reply.reset:
-                    return reply
-        finally:
-            session.polls_in_flight -= 1
-            session.touch()
-
     # -- background work ------------------------------------------------------------------
     def _stream(self, session: BrowserSession, cursor: int) -> asyncio.Future[None]:
         """Start the session's poll stream from core cursor ``cursor``."""
         session.poll_replies = 0
+        shared = self._encodings.encode
 
         def on_reply(reply: dict[str, Any]) -> None:
             session.poll_replies += 1
             if reply.get("reset"):
                 session.buffer.reset()
-            session.buffer.append([self._shared(e) for e in reply["events"]])
+            session.buffer.append([shared(e) for e in reply["events"]])
 
         return session.client.stream_polls(cursor, CORE_WAIT_MS, on_reply, stream=True)
 
@@ -373,29 +350,6 @@ class Gateway:
             if resumed is None:
                 return
             stream = resumed
-
-    def _shared(self, event: dict[str, Any]) -> bytes:
-        """``event`` encoded; one object for equal events across all sessions.
-
-        A wave of N logins puts N presence events in each of N session buffers,
-        and a message to a room of N browser users reaches N sessions: sharing
-        the encoding turns N copies into one (per presence state, per message).
-        """
-        kind = event.get("type")
-        if kind == "presence":
-            key: tuple[Any, ...] = (event.get("username"), event.get("online"))
-            table = self._presence_events
-        elif kind == "message" and "room" in event.get("message", ()):
-            key = (event["message"].get("id"),)
-            table = self._room_messages
-        else:
-            return encode_event(event)
-        encoded = table.get(key)
-        if encoded is None:
-            encoded = table[key] = encode_event(event)
-            if table is self._room_messages and len(table) > ROOM_MESSAGES_SHARED:
-                del table[next(iter(table))]  # the oldest: every session has it by now
-        return encoded
 
     async def _reconnect(self, session: BrowserSession) -> asyncio.Future[None] | None:
         """Resume the session on a new connection: its poll stream, or None if it ended."""
@@ -418,11 +372,20 @@ class Gateway:
             except CoreError as exc:
                 await client.close()
                 log.info("core refused the token of %s (%s): session ends", session.username, exc)
+                # Shared: only a refused token ends the browser's session everywhere.
+                session.quiet = self.shared is not None and exc.code != "invalid_token"
                 self._forget(session)
                 session.buffer.notify()
+                if self.shared is not None and not session.quiet:
+                    await self.shared.forget(session.sid)
                 return None
             session.client = client
-            session.token = reply.get("token", session.token)
+            token = reply.get("token", session.token)
+            if token != session.token and self.shared is not None:
+                # The shared row must hold the token the core now honours.
+                with contextlib.suppress(SessionStoreUnavailable):
+                    await self.shared.save(session.sid, session.username, token)
+            session.token = token
             # Events between the drop and now are unknown to us: every tab reloads.
             session.buffer.reset()
             stream = self._stream(session, reply["cursor"])
@@ -441,7 +404,14 @@ class Gateway:
             idle = [
                 s for s in self.sessions.values() if s.polls_in_flight == 0 and s.last_poll < cutoff
             ]
+            # Shared: the browser may be polling another web app (a balancer without
+            # affinity): only let go of our copy; the session itself stays.
+            let_go = self.drop if self.shared is not None else self.end
             for s in idle:
-                log.info("browser session of %s idle: logging out", s.username)
+                log.info(
+                    "browser session of %s idle here: %s",
+                    s.username,
+                    "letting go" if self.shared is not None else "logging out",
+                )
             if idle:
-                await asyncio.gather(*(self.end(s) for s in idle), return_exceptions=True)
+                await asyncio.gather(*(let_go(s) for s in idle), return_exceptions=True)

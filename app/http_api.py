@@ -185,5 +185,12 @@ def session_cookie(request: web.Request) -> str | None:
     return None
 
 
-def session_of(request: web.Request) -> BrowserSession:
-    return request.app[GATEWAY_KEY].get(session_cookie(request))
+async def session_of(request: web.Request) -> BrowserSession:
+    """The request's session: one held here, else adopted from the shared table (with
+    ``--database-url``); raise NotLoggedIn (401) when there is none."""
+    gateway = request.app[GATEWAY_KEY]
+    sid = session_cookie(request)
+    session = gateway.sessions.get(sid) if sid else None
+    if session is not None and not session.ended:
+        return session
+    return await gateway.adopt(sid, client_address(request))

@@ -122,6 +122,10 @@ class SessionCaps:
             )
         _count(self._by_user, name, 1)
 
+    def drop_user(self, name: str) -> None:
+        """Undo :meth:`add_user` (the session did not start after all)."""
+        _count(self._by_user, name, -1)
+
     def remove(self, name: str, address: str) -> None:
         """A session ended: free its user's and its address's places."""
         _count(self._by_user, name, -1)

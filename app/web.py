@@ -19,6 +19,7 @@ from aiohttp import web
 from legacy_socket_server.client import CoreError, CoreUnavailable
 from legacy_socket_server.contract import MAX_WAIT_MS
 from legacy_socket_server.server import CoreServer, ServerConfig
+from legacy_socket_server.storage_files import StoreError
 
 from .config import WebConfig
 from .gateway import Gateway, NotLoggedIn
@@ -42,6 +43,8 @@ from .http_api import (
     session_of,
 )
 from .limits import FailedLogins, Refused
+from .session_store import SessionStore, SessionStoreUnavailable
+from .shared_sessions import SharedSessions
 from .ws import open_socket, push
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,13 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = error_response("not_logged_in", "log in first")
     except CoreUnavailable:
         response = error_response("core_unavailable", "the chat server is unreachable; retrying")
+    except SessionStoreUnavailable:
+        # The shared session table (--database-url) is away: a session held here goes on,
+        # one that is not cannot be looked up. Never a login page: it may be valid.
+        response = error_response(
+            "storage_unavailable", "the chat cannot reach its session store; retrying"
+        )
+        response.headers["Retry-After"] = "2"
     except (CoreError, Refused) as exc:
         response = error_response(exc.code, exc.message)
     response.headers.update(SECURITY_HEADERS)
@@ -89,7 +99,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 # -- pages ---------------------------------------------------------------------------------------
 async def chat_page(request: web.Request) -> web.StreamResponse:
     try:
-        session = session_of(request)
+        session = await session_of(request)
     except NotLoggedIn:
         # The query (e.g. ?transport=poll) goes along: the login page brings it back.
         query = f"?{request.query_string}" if request.query_string else ""
@@ -100,7 +110,7 @@ async def chat_page(request: web.Request) -> web.StreamResponse:
 
 async def login_page(request: web.Request) -> web.StreamResponse:
     try:
-        session_of(request)
+        await session_of(request)
     except NotLoggedIn:
         return aiohttp_jinja2.render_template("login.html", request, {})
     raise web.HTTPFound("/")
@@ -127,7 +137,7 @@ async def api_login(request: web.Request) -> web.StreamResponse:
 
 
 async def api_logout(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     await json_body(request)  # read it: a chunked body over the limit is 413 here too
     await request.app[GATEWAY_KEY].end(session)
     resp = web.Response(status=204)
@@ -136,14 +146,14 @@ async def api_logout(request: web.Request) -> web.StreamResponse:
 
 
 async def api_users(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     # ``cursor`` is the poll position the list is exact at: a tab that
     # (re)loads counts what arrives after it on top of the list's counts.
     return api_json(await request.app[GATEWAY_KEY].users(session))
 
 
 async def api_poll(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     cursor = query_int(request, "cursor")
     wait_ms = query_int(request, "wait_ms", 0, MAX_WAIT_MS) or 0
     reply = await request.app[GATEWAY_KEY].poll(session, cursor, wait_ms / 1000)
@@ -155,7 +165,7 @@ async def api_poll(request: web.Request) -> web.StreamResponse:
 
 async def api_ws(request: web.Request) -> web.StreamResponse:
     """The WebSocket push stream (docs/protocol.md#websocket-push)."""
-    session = session_of(request)  # no cookie: 401 before any upgrade
+    session = await session_of(request)  # no cookie: 401 before any upgrade
     why = origin_refusal(request, "open a socket here")
     if why is not None:  # cross-site WebSocket hijacking: 403, no upgrade
         raise ApiError("csrf", why)
@@ -175,7 +185,7 @@ async def api_ws(request: web.Request) -> web.StreamResponse:
 
 
 async def api_send(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     body = await json_body(request)
     fields = pick(body, "to", "room", "text", "client_msg_id")
     reply = await request.app[GATEWAY_KEY].call(session, "send_message", **fields)
@@ -183,7 +193,7 @@ async def api_send(request: web.Request) -> web.StreamResponse:
 
 
 async def api_history(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     fields: dict[str, Any] = pick(dict(request.query), "with", "room")
     for name in ("before", "limit"):
         value = query_int(request, name, lo=-(2**53))
@@ -194,7 +204,7 @@ async def api_history(request: web.Request) -> web.StreamResponse:
 
 
 async def api_read(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     body = await json_body(request)
     await request.app[GATEWAY_KEY].call(session, "read", **pick(body, "with", "room", "up_to"))
     return web.Response(status=204)
@@ -202,13 +212,13 @@ async def api_read(request: web.Request) -> web.StreamResponse:
 
 # -- rooms (docs/protocol.md#rooms) ------------------------------------------------------------
 async def api_rooms(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     # Like the user list: ``cursor`` is the poll position its counts hold at.
     return api_json(await request.app[GATEWAY_KEY].rooms(session))
 
 
 async def api_create_room(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     body = await json_body(request)
     fields = pick(body, "room", "private", "members")
     reply = await request.app[GATEWAY_KEY].call(session, "create_room", **fields)
@@ -216,7 +226,7 @@ async def api_create_room(request: web.Request) -> web.StreamResponse:
 
 
 async def api_join_room(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     await json_body(request)
     room = request.match_info["name"]
     reply = await request.app[GATEWAY_KEY].call(session, "join_room", room=room)
@@ -224,14 +234,14 @@ async def api_join_room(request: web.Request) -> web.StreamResponse:
 
 
 async def api_leave_room(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     await json_body(request)
     await request.app[GATEWAY_KEY].call(session, "leave_room", room=request.match_info["name"])
     return web.Response(status=204)
 
 
 async def api_add_member(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     body = await json_body(request)
     fields = {"room": request.match_info["name"], **pick(body, "username")}
     await request.app[GATEWAY_KEY].call(session, "add_member", **fields)
@@ -239,7 +249,7 @@ async def api_add_member(request: web.Request) -> web.StreamResponse:
 
 
 async def api_room_members(request: web.Request) -> web.StreamResponse:
-    session = session_of(request)
+    session = await session_of(request)
     room = request.match_info["name"]
     reply = await request.app[GATEWAY_KEY].call(session, "room_members", room=room)
     return api_json({"members": reply["members"]})
@@ -283,20 +293,34 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Start the embedded core (if any), then the gateway; stop them in reverse."""
     config = app[CONFIG_KEY]
     gateway = app[GATEWAY_KEY]
+    if config.database_url is not None:
+        try:
+            store = await SessionStore.open(config.database_url)
+        except SessionStoreUnavailable as exc:
+            raise StoreError(f"--database-url (browser sessions): {exc}") from None
+        gateway.shared = SharedSessions(store, gateway, config.session_refresh)
     core: CoreServer | None = None
     if config.core is None:
-        core = await CoreServer.start(
-            ServerConfig(
-                host=config.host,
-                port=config.core_port,
-                data_dir=config.data_dir,
-                fsync=config.fsync,
-                tls=config.tls,
+        try:
+            core = await CoreServer.start(
+                ServerConfig(
+                    host=config.host,
+                    port=config.core_port,
+                    data_dir=config.data_dir,
+                    fsync=config.fsync,
+                    tls=config.tls,
+                    database_url=config.database_url,
+                )
             )
-        )
+        except BaseException:
+            if gateway.shared is not None:
+                await gateway.shared.close()
+            raise
         app[CORE_KEY] = core
         gateway.core = (connect_host(config.host), core.port)
     await gateway.start()
+    if gateway.shared is not None:
+        gateway.shared.start()
     yield
     await gateway.close()
     if core is not None:

@@ -9,7 +9,9 @@ request per event, no response object kept per keep-alive connection.
 Close codes: 1013 when the tab does not read fast enough (it reconnects with
 its cursor and loses nothing: the buffer still holds the events, or says
 ``reset``), 4401 when the session ends (logout, idle, a refused token), 1012
-while the core is unreachable, 1001 when the web app stops.
+while the core is unreachable or when this web app lets go of a session that
+stays logged in (a shared session table: the tab reconnects and is served
+again), 1001 when the web app stops.
 """
 
 from __future__ import annotations
@@ -166,7 +168,10 @@ async def push(
         sock.send(loop, empty=True)
         while not ws.closed and not reader.done():
             if session.ended:
-                await ws.close(code=CLOSE_LOGGED_OUT, message=b"logged out")
+                if session.quiet:  # let go, not logged out: the tab reconnects and is served
+                    await ws.close(code=CLOSE_CORE_AWAY, message=b"session moved")
+                else:
+                    await ws.close(code=CLOSE_LOGGED_OUT, message=b"logged out")
                 return
             if gateway.closing:
                 await ws.close(code=CLOSE_GOING_AWAY, message=b"server stopping")

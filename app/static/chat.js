@@ -104,13 +104,27 @@ function refusal(res) {
   return res?.data?.message || "The server cannot be reached; try again.";
 }
 
+// A buffer cursor is `epoch * 2**32 + seq`, the epoch one per buffer (app/buffer.py).
+const EPOCH = 2 ** 32;
+
+// Where a list's counts meet our events. A list from another buffer than our
+// events' (several web apps behind a balancer without affinity each hold a
+// copy of the session) was counted about now: count what comes after our
+// cursor. (Comparing positions of two buffers would drop or double events.)
+function countedAt(listCursor) {
+  if (state.cursor === null) return listCursor;
+  return Math.floor(listCursor / EPOCH) === Math.floor(state.cursor / EPOCH)
+    ? listCursor
+    : state.cursor;
+}
+
 // Only the event loop calls this, between replies: the list and the events the
 // loop applies are then in one order, and `countedUpTo` says where they meet.
 async function loadUsers() {
   const res = checkSession(await api("GET", "/api/users"));
   if (!res.ok) throw new NetworkError(res.data?.message);
   state.users = new Map(res.data.users.map((u) => [u.username, u]));
-  state.countedUpTo = res.data.cursor;
+  state.countedUpTo = countedAt(res.data.cursor);
   if (state.cursor === null) state.cursor = res.data.cursor;
   state.needUsers = false;
   renderAll();
@@ -121,7 +135,7 @@ async function loadRooms() {
   const res = checkSession(await api("GET", "/api/rooms"));
   if (!res.ok) throw new NetworkError(res.data?.message);
   state.rooms = new Map(res.data.rooms.map((r) => [r.name, r]));
-  state.roomsCountedUpTo = res.data.cursor;
+  state.roomsCountedUpTo = countedAt(res.data.cursor);
   if (state.cursor === null) state.cursor = res.data.cursor;
   state.needRooms = false;
   // Rooms left meanwhile (in another tab, say): forget what we had of them.
