@@ -4,8 +4,9 @@
   web app, the load generator talking to each directly;
 - :func:`cluster`: ``cores`` cores and ``webs`` web apps on one PostgreSQL database behind
   one real HAProxy (bench/_haproxy.py): desktop clients and the web apps reach the cores
-  through its TCP port, browsers the web apps through its HTTP port with no stickiness
-  (any web app serves any session: the web apps keep sessions in the database).
+  through its TCP port, browsers the web apps through its HTTP port, balanced on the
+  session cookie as deploy/haproxy.cfg does (any web app could serve any session: the
+  web apps keep sessions in the database).
 
 Either way the load generator gets two ports, and the CPU of each role is the sum over
 its processes.
@@ -98,7 +99,15 @@ def cluster(
                 Frontend(
                     "core", "tcp", [f"127.0.0.1:{p}" for p in core_ports], tcp_check=CORE_PING
                 ),
-                Frontend("web", "http", [f"127.0.0.1:{p}" for p in web_ports]),
+                # As deploy/haproxy.cfg: affinity by the session cookie (for speed;
+                # any web app could serve any session).
+                Frontend(
+                    "web",
+                    "http",
+                    [f"127.0.0.1:{p}" for p in web_ports],
+                    balance="hash req.cook(chat_session)",
+                    extra=["hash-type consistent"],
+                ),
             ],
             check_interval=1.0,
         ).start()
