@@ -487,8 +487,11 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
                 return {"message": original}
             inflight = self._inflight.get((sender, cmid))
             if inflight is not None:
-                pending, message = inflight
-                return self._commit_then(pending, base, lambda: {"message": message})
+                pending, sent = inflight
+                # The database may have found it sent before, through another core.
+                return self._commit_then(
+                    pending, base, lambda: {"message": sent.get("duplicate") or sent["message"]}
+                )
         if not text or text.isspace():  # (what strip() removes, without copying the text)
             raise ChatError("empty_text", "message text is empty")
         if len(text) > MAX_TEXT_CHARS:
@@ -520,7 +523,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
 
         if cmid is not None and commit is not None and self.commit_first:
             key = (sender, cmid)
-            self._inflight[key] = (commit, msg)
+            self._inflight[key] = (commit, record)
             commit.add_done_callback(lambda _: self._inflight.pop(key, None))
         return self._commit_then(commit, base, apply)
 
@@ -767,6 +770,9 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         if self._presence_wake is not None:
             self._presence_wake.cancel()
             self._presence_wake = None
+        if self._presence_repair is not None:
+            self._presence_repair.cancel()
+            self._presence_repair = None
         self.tokens.close()
         try:
             self.history.compact_now(self.snapshot())

@@ -36,6 +36,9 @@ KEEP_CHANGES = "1 day"
 PRUNE_EVERY = 600.0
 #: Rows per catch-up query.
 FETCH_ROWS = 1000
+#: Seconds the writer retries fetching other cores' older changes before it gives up on
+#: this core's memory (and stops it: a supervisor restarts it afresh).
+OWN_PATIENCE = 30.0
 
 
 class FeedLost(Exception):
@@ -72,6 +75,8 @@ class ChangeFeed:
         self._task: asyncio.Task[None] | None = None
         self._fetching: asyncio.Task[None] | None = None
         self._again = False
+        #: A fetch stopped at our own commit still being answered: fetch again after it.
+        self._behind_own = False
         self._last_prune = 0.0
         self._stopped = False
 
@@ -99,7 +104,11 @@ class ChangeFeed:
         if conn is not None and not conn.is_closed():
             return conn
         conn = await asyncpg.connect(self.url, timeout=self.connect_timeout, command_timeout=10.0)
-        await conn.add_listener("chat_changes", self._notified)
+        try:
+            await conn.add_listener("chat_changes", self._notified)
+        except BaseException:
+            conn.terminate()
+            raise
         self._conn = conn
         return conn
 
@@ -135,58 +144,87 @@ class ChangeFeed:
                     self._drop()
                     return
         except FeedLost as exc:
-            log.critical("%s", exc)
-            if self.on_lost is not None:
-                self.on_lost(str(exc))
+            self._lost(str(exc))
         finally:
             self._fetching = None
 
     async def catch_up(self, below: int | None = None) -> None:
         """Hand on every committed change after :attr:`applied` (and before ``below``)."""
-        loop = asyncio.get_running_loop()
-        async with self._lock:
-            conn = await self._connection()
-            while True:
-                limit = FETCH_ROWS if below is None else min(FETCH_ROWS, below - self.applied - 1)
-                if limit <= 0:
-                    return
+        while True:
+            limit = FETCH_ROWS if below is None else min(FETCH_ROWS, below - self.applied - 1)
+            if limit <= 0:
+                return
+            # The lock per page, not per catch-up: a long one must not hold up the
+            # heartbeat (the lease) or the writer's ``own`` for its whole length.
+            async with self._lock:
+                conn = await self._connection()
                 rows = await conn.fetch(
                     "SELECT pos, core, batch, records FROM changes WHERE pos > $1 "
                     "ORDER BY pos LIMIT $2",
                     self.applied,
                     limit,
                 )
-                for row in rows:
-                    pos = row["pos"]
-                    if pos <= self.applied:
-                        continue  # handed on by the writer while we fetched
-                    if pos != self.applied + 1:
-                        raise FeedLost(
-                            f"changes {self.applied + 1}..{pos - 1} were pruned before this "
-                            "core saw them: restart it (it reloads everything)"
-                        )
-                    if row["core"] == self.core_id and row["batch"] == self.writing_batch:
-                        return  # our own commit, answer not yet handled: the writer goes on
-                    # An own row of another batch: a commit we reported as failed went
-                    # through after all; memory must follow the database.
-                    self.applied = pos
-                    # Through the ready queue, as the writer's settled futures call back:
-                    # the service then applies every change in position order.
-                    loop.call_soon(self.apply_remote, json.loads(row["records"]))
-                if len(rows) < limit:
+                if not self._hand_on(rows):
                     return
+            if len(rows) < limit:
+                return
+
+    def _hand_on(self, rows: list[asyncpg.Record]) -> bool:
+        """Hand ``rows`` on in order; False where the writer must go on (our own commit)."""
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            pos = row["pos"]
+            if pos <= self.applied:
+                continue  # handed on by the writer while we fetched
+            if pos != self.applied + 1:
+                raise FeedLost(
+                    f"changes {self.applied + 1}..{pos - 1} were pruned before this "
+                    "core saw them: restart it (it reloads everything)"
+                )
+            if row["core"] == self.core_id and row["batch"] == self.writing_batch:
+                # Our own commit, its answer not yet handled: the writer hands it on,
+                # and then what follows it is fetched (``own``).
+                self._behind_own = True
+                return False
+            # An own row of another batch: a commit we reported as failed went through
+            # after all; memory must follow the database.
+            self.applied = pos
+            # Through the ready queue, as the writer's settled futures call back: the
+            # service then applies every change in position order.
+            loop.call_soon(self.apply_remote, json.loads(row["records"]))
+        return True
 
     async def own(self, positions: list[int], settle: Callable[[], None]) -> None:
         """The writer committed changes at ``positions``: hand on what came before, then
-        ``settle`` (its requests' replies), in order."""
-        if self.applied < positions[0] - 1:
+        ``settle`` (its requests' replies), in order. Until what came before is fetched
+        the writer waits: a change skipped here would be missing from memory for good."""
+        waited = 0.0
+        pause = 0.05
+        while self.applied < positions[0] - 1:
             try:
                 await self.catch_up(below=positions[0])
+            except FeedLost as exc:
+                self._lost(str(exc))
+                break
             except Exception as exc:
-                log.error("fetching changes before our own failed: %r", exc)
+                log.error("fetching changes before our own failed (retrying): %r", exc)
                 self._drop()
+                if waited > OWN_PATIENCE:
+                    self._lost(f"other cores' changes unreadable for {waited:.0f} s: {exc!r}")
+                    break
+                await asyncio.sleep(pause)  # a reconnect's backoff
+                waited += pause
+                pause = min(pause * 2, 1.0)
         settle()
         self.applied = max(self.applied, positions[-1])
+        if self._behind_own:
+            self._behind_own = False
+            self.fetch_soon()  # what a fetch stopped short of, behind our commit
+
+    def _lost(self, reason: str) -> None:
+        log.critical("%s", reason)
+        if self.on_lost is not None:
+            self.on_lost(reason)
 
     # -- lease ---------------------------------------------------------------------------
     async def _heartbeats(self) -> None:

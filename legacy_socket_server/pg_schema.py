@@ -181,8 +181,12 @@ MIGRATIONS: tuple[str, ...] = (
         mid bigint;
         added int;
         old messages;
-        taken text[] := '{}';
-        applied jsonb := '[]';
+        -- Room names refused in this transaction, across the calls of one batch in parts:
+        -- the members written with such a creation are dropped even in a later call.
+        taken text := current_setting('chat.taken', true);
+        -- An array, not jsonb: appending to an array is amortized O(1), concatenating
+        -- jsonb copies it (a batch of thousands of records was quadratic).
+        applied jsonb[] := '{}';
         p bigint;
     BEGIN
         PERFORM pg_advisory_xact_lock(7277022);
@@ -233,11 +237,13 @@ MIGRATIONS: tuple[str, ...] = (
                 ON CONFLICT DO NOTHING;
                 GET DIAGNOSTICS added = ROW_COUNT;
                 IF added = 0 THEN
-                    taken := taken || (r->>'room');
+                    taken := COALESCE(taken, '') || ',' || (r->>'room') || ',';
+                    PERFORM set_config('chat.taken', taken, true);
                     r := r || '{"conflict": true}';
                 END IF;
             WHEN 'member' THEN
-                IF COALESCE((r->>'new')::boolean, false) AND r->>'room' = ANY (taken) THEN
+                IF COALESCE((r->>'new')::boolean, false)
+                   AND strpos(COALESCE(taken, ''), ',' || (r->>'room') || ',') > 0 THEN
                     r := r || '{"conflict": true}';
                 ELSIF EXISTS (SELECT 1 FROM rooms WHERE name = r->>'room') THEN
                     INSERT INTO enrolled VALUES (r->>'user') ON CONFLICT DO NOTHING;
@@ -253,12 +259,27 @@ MIGRATIONS: tuple[str, ...] = (
                     END IF;
                 END IF;
             WHEN 'presence' THEN
-                IF (r->>'online')::boolean THEN
-                    INSERT INTO presence SELECT p_core, r->>'user'
-                    WHERE EXISTS (SELECT 1 FROM cores WHERE id = p_core)
-                    ON CONFLICT DO NOTHING;
+                -- A core dropped for a lapsed lease is not in ``cores`` until it registers
+                -- again (and then announces everyone anew): its record must not reach the
+                -- others, or a user of a core that then dies is a ghost for ever.
+                IF NOT EXISTS (SELECT 1 FROM cores WHERE id = p_core) THEN
+                    r := r || '{"conflict": true}';
+                ELSIF (r->>'online')::boolean THEN
+                    INSERT INTO presence VALUES (p_core, r->>'user') ON CONFLICT DO NOTHING;
                 ELSE
                     DELETE FROM presence WHERE core = p_core AND username = r->>'user';
+                END IF;
+                r := r || jsonb_build_object('core', p_core);
+            WHEN 'presence_set' THEN
+                -- Everyone logged in on this core, replacing what the database had: how a
+                -- core repairs a presence record that failed, or re-announces itself.
+                IF NOT EXISTS (SELECT 1 FROM cores WHERE id = p_core) THEN
+                    r := r || '{"conflict": true}';
+                ELSE
+                    DELETE FROM presence WHERE core = p_core;
+                    INSERT INTO presence
+                    SELECT p_core, u FROM jsonb_array_elements_text(r->'users') AS u
+                    ON CONFLICT DO NOTHING;
                 END IF;
                 r := r || jsonb_build_object('core', p_core);
             WHEN 'token' THEN
@@ -276,11 +297,11 @@ MIGRATIONS: tuple[str, ...] = (
             ELSE
                 NULL;  -- ``boot`` and anything unknown: no row (boot is counted at open)
             END CASE;
-            applied := applied || jsonb_build_array(r);
+            applied := applied || r;
         END LOOP;
         UPDATE cores SET batch = p_batch WHERE id = p_core;
-        p := chat_change(p_core, p_batch, applied);
-        RETURN jsonb_build_object('pos', p, 'records', applied);
+        p := chat_change(p_core, p_batch, to_jsonb(applied));
+        RETURN jsonb_build_object('pos', p, 'records', to_jsonb(applied));
     END
     $$;
 

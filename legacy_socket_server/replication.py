@@ -17,6 +17,7 @@ another's heartbeat (``core_gone``), and its users leave those sets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,9 @@ from .storage_files import StorageUnavailable
 from .storage_pg import message_from
 
 log = logging.getLogger(__name__)
+
+#: Seconds before a failed presence write is repaired by writing the whole set again.
+PRESENCE_RETRY = 1.0
 
 
 class RemoteChanges:
@@ -54,12 +58,15 @@ class RemoteChanges:
     #: Does the store share this core's presence with others (PostgreSQL)?
     _shares_presence: bool
     _core_id: int
+    _presence_repair: asyncio.TimerHandle | None
+    loop: Callable[[], asyncio.AbstractEventLoop]
 
     def _init_remote(self, history: Any) -> None:
         accounts = getattr(history, "accounts", None)
         self._remote_online = accounts.presence if accounts is not None else {}
         self._core_id: int = getattr(history, "core_id", 0)
         self._shares_presence = bool(self._core_id)
+        self._presence_repair: asyncio.TimerHandle | None = None
 
     def is_online(self, name: str) -> bool:
         return bool(self._online.get(name)) or name in self._remote_online
@@ -68,22 +75,35 @@ class RemoteChanges:
     def _share_presence(self, name: str, online: bool) -> None:
         if not self._shares_presence or self.closing:
             return  # at shutdown the store leaves ``cores``: everyone here goes at once
+        self._write_presence({"op": "presence", "user": name, "online": online})
+
+    def _write_presence(self, record: dict[str, Any]) -> None:
+        """Write a presence record; if it fails, the whole set is written again until it
+        is stored (a lost "offline" would show a ghost on every other core for ever)."""
         try:
-            pending = self.history.append({"op": "presence", "user": name, "online": online})
+            pending = self.history.append(record)
         except StorageUnavailable as exc:
-            log.error("presence of %s not shared: %s", name, exc)
+            self._presence_failed(exc)
             return
 
         def check(f: Any) -> None:
             if not f.cancelled() and f.exception() is not None:
-                log.error("presence of %s not shared: %s", name, f.exception())
+                self._presence_failed(f.exception())
 
         pending.add_done_callback(check)
 
+    def _presence_failed(self, exc: BaseException) -> None:
+        if self._presence_repair is not None or self.closing:
+            return
+        log.error("presence not shared (%s): writing the whole set again shortly", exc)
+        self._presence_repair = self.loop().call_later(PRESENCE_RETRY, self.announce_presence)
+
     def announce_presence(self) -> None:
-        """This core was dropped while cut off from the database: say again who is here."""
-        for name in list(self._online):
-            self._share_presence(name, True)
+        """Say again who is logged in here, all at once, replacing what the database has:
+        after a failed presence write, or when this core was dropped while cut off."""
+        self._presence_repair = None
+        if self._shares_presence and not self.closing:
+            self._write_presence({"op": "presence_set", "users": sorted(self._online)})
 
     # -- other cores' changes ----------------------------------------------------------
     def apply_remote(self, records: list[dict[str, Any]]) -> None:
@@ -161,6 +181,16 @@ class RemoteChanges:
                 if not self._online.get(name):
                     self._broadcast_presence(name, False)
 
+    def _remote_presence_set(self, record: dict[str, Any]) -> None:
+        core, now = record["core"], set(record["users"])
+        if core == self._core_id:
+            return
+        for name in [n for n, cores in self._remote_online.items() if core in cores]:
+            if name not in now:
+                self._remote_presence({"user": name, "core": core, "online": False})
+        for name in sorted(now):
+            self._remote_presence({"user": name, "core": core, "online": True})
+
     def _remote_core_gone(self, record: dict[str, Any]) -> None:
         core = record["core"]
         for name in [n for n, cores in self._remote_online.items() if core in cores]:
@@ -179,6 +209,7 @@ _HANDLERS: dict[str, Callable[[Any, dict[str, Any]], None]] = {
     "room": RemoteChanges._remote_room,
     "member": RemoteChanges._remote_member,
     "presence": RemoteChanges._remote_presence,
+    "presence_set": RemoteChanges._remote_presence_set,
     "core_gone": RemoteChanges._remote_core_gone,
     "token": RemoteChanges._remote_token,
     "untoken": RemoteChanges._remote_token,

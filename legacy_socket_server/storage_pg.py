@@ -120,7 +120,7 @@ class PgHistoryStore:
         self = cls(url, connect_timeout=connect_timeout)
         conn = await self._connect()
         try:
-            found = await migrate(conn)
+            await migrate(conn)
             boot = await conn.fetchval(
                 "UPDATE meta SET value = value + 1 WHERE key = 'boot' RETURNING value"
             )
@@ -132,7 +132,7 @@ class PgHistoryStore:
                     boot,
                     LEASE,
                 )
-                await self._seed_users(conn, found == 0, users_file, demo_users)
+                await self._seed_users(conn, users_file, demo_users)
             # One snapshot: the state and the position it reflects agree, so the feed
             # catches up from exactly there.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
@@ -147,9 +147,14 @@ class PgHistoryStore:
         return self
 
     async def _seed_users(
-        self, conn: asyncpg.Connection, new: bool, users_file: Path | None, demo: bool
+        self, conn: asyncpg.Connection, users_file: Path | None, demo: bool
     ) -> None:
-        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
+        """Once per database (``meta.seeded``): a users table emptied later by the CLI is
+        not refilled from a stale file, and a start killed before seeding seeds next time."""
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'seeded')"):
+            return
+        if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):  # the import's
+            await conn.execute("INSERT INTO meta VALUES ('seeded', 1) ON CONFLICT DO NOTHING")
             return
         from .tokens import TokenStore
         from .users import DEMO_USERS, HASHER, UserStore  # argon2: only when seeding
@@ -167,7 +172,7 @@ class PgHistoryStore:
                 len(tokens),
                 users_file.parent,
             )
-        elif new and demo:
+        elif demo:
             hashes = {name: HASHER.hash(pw) for name, pw in DEMO_USERS.items()}
             log.warning(
                 "a new database: created the demo users %s with their KNOWN passwords; change "
@@ -175,12 +180,17 @@ class PgHistoryStore:
                 "Alice', or start with CHAT_DEMO_USERS=0 for no users",
                 ", ".join(DEMO_USERS),
             )
-        if hashes:
-            records = [{"op": "user", "name": n, "password_hash": h} for n, h in hashes.items()]
-            records += [{"op": "token", "digest": d, **rec} for d, rec in tokens.items()]
-            async with conn.transaction():  # all of them or none (then the next start)
-                for part in _parts(records):
-                    await conn.execute(_APPLY, part, self.core_id, 0)
+        records = [{"op": "user", "name": n, "password_hash": h} for n, h in hashes.items()]
+        records += [{"op": "token", "digest": d, **rec} for d, rec in tokens.items()]
+        async with conn.transaction():  # all of them or none (then the next start)
+            # Two cores starting together on a new database: the second waits, then finds
+            # it done.
+            await conn.execute("LOCK TABLE users IN EXCLUSIVE MODE")
+            if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'seeded')"):
+                return
+            for part in _parts(records):
+                await conn.execute(_APPLY, part, self.core_id, 0)
+            await conn.execute("INSERT INTO meta VALUES ('seeded', 1)")
 
     async def _connect(self) -> asyncpg.Connection:
         try:
@@ -221,11 +231,9 @@ class PgHistoryStore:
             accounts.users[r["name"]] = r["password_hash"]
         for r in await conn.fetch("SELECT digest, username, pw, used FROM tokens"):
             accounts.tokens[r["digest"]] = {"user": r["username"], "pw": r["pw"], "used": r["used"]}
-        rows = await conn.fetch(
-            "SELECT p.core, p.username FROM presence p JOIN cores c ON c.id = p.core "
-            "WHERE c.alive_until > now() AND p.core <> $1",
-            core_id,
-        )
+        # Every row, lapsed lease or not: a core whose lease ran out while the database
+        # was away may be alive still; if not, its reaping takes its users offline here too.
+        rows = await conn.fetch("SELECT core, username FROM presence WHERE core <> $1", core_id)
         for r in rows:
             accounts.presence.setdefault(r["username"], set()).add(r["core"])
         return accounts
@@ -302,8 +310,11 @@ class PgHistoryStore:
         if self.feed is not None:
             await self.feed.stop()
             self.feed = None
-        if self.core_id and self._conn is not None and not self._conn.is_closed():
+        if self.core_id:
             try:
+                if self._conn is None or self._conn.is_closed():
+                    await self._connect()
+                assert self._conn is not None
                 await self._conn.execute(
                     "UPDATE cores SET alive_until = now() WHERE id = $1", self.core_id
                 )
