@@ -109,7 +109,11 @@ def cluster(
                     extra=["hash-type consistent"],
                 ),
             ],
-            check_interval=1.0,
+            # A web app busy with a login storm may answer /healthz late: lenient checks,
+            # as deploy/haproxy.cfg's, or HAProxy takes every web app out at once.
+            check_interval=2.0,
+            fall=3,
+            timeout_connect=2.0,
         ).start()
         stops.append(lb.stop)
         lb.wait_up("core")

@@ -179,11 +179,11 @@ async def test_postgresql_stopped_for_ten_seconds(tmp_path: Path) -> None:
     """Both cores answer ``storage_unavailable`` while PostgreSQL is down, crash not, and
     recover by themselves (sending, and hearing each other's messages) when it is back."""
     server = start_postgres()
+    cores: list[CoreProcess] = []
     try:
         url = await new_database(server)
-        cores = [
-            CoreProcess(tmp_path / f"core{i}", ["--database-url", url]).start() for i in (1, 2)
-        ]
+        for i in (1, 2):
+            cores.append(CoreProcess(tmp_path / f"core{i}", ["--database-url", url]).start())
         alice = await CoreClient.connect("127.0.0.1", cores[0].port)
         bob = await CoreClient.connect("127.0.0.1", cores[1].port)
         await alice.login("Alice", PASSWORDS["Alice"])
@@ -221,4 +221,6 @@ async def test_postgresql_stopped_for_ten_seconds(tmp_path: Path) -> None:
             assert core.stop() == 0
             assert "Traceback" not in core.log_text(), core.log_text()
     finally:
+        for core in cores:
+            core.kill()  # still running only if the test failed
         server.stop()
