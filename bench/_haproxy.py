@@ -170,6 +170,9 @@ class HAProxy:
             *(["    log stdout format raw daemon"] if self.log_requests else []),
             "",
             "defaults",
+            # Each frontend's own cap too: left unset it is far below the global one, and a
+            # full frontend queues new connections (health checks through it time out).
+            f"    maxconn {self.maxconn}",
             *(["    log global"] if self.log_requests else []),
             *(f"    timeout {name} {ms(value)}" for name, value in self.timeouts.items()),
             f"    retries {self.retries}",

@@ -29,7 +29,8 @@ def find_bin() -> Path | None:
     """Where ``initdb`` and ``pg_ctl`` are: on PATH, else Debian's versioned directory."""
     on_path = shutil.which("initdb")
     if on_path is not None:
-        return Path(on_path).parent
+        # Resolved: a link on PATH may stand for initdb alone, not its siblings (createdb).
+        return Path(on_path).resolve().parent
     versions = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/initdb"),
         key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
@@ -68,6 +69,13 @@ class PgServer:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
+
+    def create_database_now(self, name: str) -> str:
+        """A new, empty database, without an event loop (sync fixtures); its URL."""
+        self._run(
+            self._tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name
+        )
+        return self.url(name)
 
     def _tool(self, name: str) -> str:
         bin_dir = self.bin_dir or find_bin()

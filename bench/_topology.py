@@ -111,6 +111,9 @@ def cluster(
             ],
             # A web app busy with a login storm may answer /healthz late: lenient checks,
             # as deploy/haproxy.cfg's, or HAProxy takes every web app out at once.
+            # Every desktop client and every browser session's core connection passes here
+            # (two sockets each): room for 5,000 users within this machine's 20,000 fds.
+            maxconn=9000,
             check_interval=2.0,
             fall=3,
             timeout_connect=2.0,

@@ -134,9 +134,17 @@ class CoreProcess:
 
 
 @pytest.fixture
-def core_proc(tmp_path: Path) -> Iterator[CoreProcess]:
-    """A running core with the demo users (Alice/123, Bob/456, Charlie/789)."""
-    core = CoreProcess(tmp_path / "data").start(port=0)
+def core_proc(
+    tmp_path: Path, store_kind: str, request: pytest.FixtureRequest
+) -> Iterator[CoreProcess]:
+    """A running core with the demo users (Alice/123, Bob/456, Charlie/789); with
+    ``store_kind`` ``"postgres"``, on a fresh database."""
+    args: list[str] = []
+    if store_kind == "postgres":
+        server: PgServer = request.getfixturevalue("pg_server")
+        url = server.create_database_now(f"proc_{os.getpid()}_{next(_databases)}")
+        args = ["--database-url", url]
+    core = CoreProcess(tmp_path / "data", args).start(port=0)
     yield core
     core.stop()
 

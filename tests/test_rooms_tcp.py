@@ -1,10 +1,17 @@
 """Rooms over real TCP against the core process: the rules a black-box client sees, and
-membership and read markers surviving ``kill -9``."""
+membership and read markers surviving ``kill -9`` (with the files' journal, or PostgreSQL)."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import DEMO_USERS, CoreProcess
 from core_helpers import RawClient
+
+
+@pytest.fixture(params=["files", "postgres"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Every test here runs against the file store and PostgreSQL (docs/scaling.md)."""
+    return request.param
 
 
 async def logged(core: CoreProcess, name: str) -> RawClient:
