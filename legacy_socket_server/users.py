@@ -206,19 +206,36 @@ def _main_pg(cmd: str, name: str, url: str) -> int:
         for n in names:
             print(n)
         return 0
-    problem = _refusal(cmd, name, name in names)
+    return _change(
+        cmd,
+        name,
+        name in names,
+        lambda n: run(pg_admin.set_user(url, n, None)),
+        lambda n, pw: run(pg_admin.set_user(url, n, HASHER.hash(pw))),
+    )
+
+
+def _change(
+    cmd: str,
+    name: str,
+    exists: bool,
+    remove: Callable[[str], None],
+    set_password: Callable[[str, str], None],
+) -> int:
+    """``add``, ``passwd`` or ``remove`` ``name``, whichever store holds the users."""
+    problem = _refusal(cmd, name, exists)
     if problem:
         print(f"error: {problem[1]}", file=sys.stderr)
         return problem[0]
     if cmd == "remove":
-        run(pg_admin.set_user(url, name, None))
+        remove(name)
         print(f"removed {name}")
         return 0
     password = _read_password(f"Password for {name}: ")
     if not password:
         print("error: empty password", file=sys.stderr)
         return 2
-    run(pg_admin.set_user(url, name, HASHER.hash(password)))
+    set_password(name, password)
     print(f"{'added' if cmd == 'add' else 'changed password of'} {name}")
     return 0
 
@@ -282,21 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             print(name)
         return 0
     name = args.name
-    problem = _refusal(args.cmd, name, store.exists(name))
-    if problem:
-        print(f"error: {problem[1]}", file=sys.stderr)
-        return problem[0]
-    if args.cmd == "remove":
-        store.remove(name)
-        print(f"removed {name}")
-        return 0
-    password = _read_password(f"Password for {name}: ")
-    if not password:
-        print("error: empty password", file=sys.stderr)
-        return 2
-    store.set_password(name, password)
-    print(f"{'added' if args.cmd == 'add' else 'changed password of'} {name}")
-    return 0
+    return _change(args.cmd, name, store.exists(name), store.remove, store.set_password)
 
 
 if __name__ == "__main__":

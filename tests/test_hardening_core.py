@@ -96,7 +96,7 @@ async def test_peer_that_never_reads_is_dropped(start_core: StartCore) -> None:
 async def test_connection_cap_answers_excess_with_server_busy(core_proc: Any) -> None:
     # The silent connections hold their slots for the whole test: no login deadline
     # closes them meanwhile (2,000 connects take a while on a busy machine).
-    core_proc.extra_args = ["--max-connections", "500", "--login-timeout", "600"]
+    core_proc.extra_args += ["--max-connections", "500", "--login-timeout", "600"]
     core_proc.restart()
     alice = await RawClient.connect(core_proc.host, core_proc.port)
     bob = await RawClient.connect(core_proc.host, core_proc.port)

@@ -119,7 +119,7 @@ async def test_the_cores_session_cap_reaches_the_browser_as_429(
     core_proc: CoreProcess, web: MakeBrowser
 ) -> None:
     core_proc.stop()
-    core_proc.extra_args = ["--max-sessions-per-user", "1"]
+    core_proc.extra_args += ["--max-sessions-per-user", "1"]
     core_proc.start()
     browser = await web()
     first, second = await browser(), await browser()

@@ -290,7 +290,7 @@ async def test_resume_over_tcp_after_drop(core: CoreServer) -> None:
 
 async def test_500_connections_polling_while_messages_flow(core_proc: Any) -> None:
     # 500 sessions of three users: past the per-user session cap, which is not under test.
-    core_proc.extra_args = ["--max-sessions-per-user", "1000"]
+    core_proc.extra_args += ["--max-sessions-per-user", "1000"]
     core_proc.restart()
     host, port = core_proc.host, core_proc.port
     names = ["Alice", "Bob", "Charlie"]
