@@ -347,7 +347,13 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         def done(t: asyncio.Task[Any]) -> None:
             if reply.done():
                 return
-            if t.cancelled() or t.exception() is not None:
+            error = None if t.cancelled() else t.exception()
+            if isinstance(error, ChatError):
+                reply.set_result(
+                    {**base, "ok": False, "error": error.code, "message": error.message}
+                )
+                return
+            if t.cancelled() or error is not None:
                 reply.set_result(_storage_unavailable(base))
                 return
             try:

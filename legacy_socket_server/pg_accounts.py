@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
 from collections.abc import Callable
 from typing import Any
 
+from .session import ChatError
 from .storage_files import StorageUnavailable
-from .tokens import TokenStore, _digest
+from .tokens import TOKEN_BYTES, TokenStore, _digest
 from .users import UserStore
 
 log = logging.getLogger(__name__)
+
+#: What ``secrets.token_urlsafe(TOKEN_BYTES)`` makes: 43 URL-safe characters.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{%d}" % len(secrets.token_urlsafe(TOKEN_BYTES)))
+#: Database lookups of unknown tokens in flight at once, per core.
+MAX_LOOKUPS = 16
 
 
 class PgUserStore(UserStore):
@@ -62,6 +70,7 @@ class PgTokenStore(TokenStore):
         self._records = records  # type: ignore[assignment]
         self._append = append
         self._lookup = lookup
+        self._lookups = 0
         self._last_expire = 0.0
 
     def _write(self, op: dict[str, object]) -> None:
@@ -101,11 +110,19 @@ class PgTokenStore(TokenStore):
 
     async def find(self, token: str) -> bool:
         """Look ``token`` up in the database (issued on another core a moment ago);
-        True if it was found and is now known here."""
-        if self._lookup is None:
+        True if it was found and is now known here. Only what could be a token is
+        looked up, and only so many at once: made-up tokens must not queue up queries
+        on the connection the change feed needs."""
+        if self._lookup is None or not _TOKEN_SHAPE.fullmatch(token):
             return False
-        digest = _digest(token)
-        rec = await self._lookup(digest)
+        if self._lookups >= MAX_LOOKUPS:
+            raise ChatError("rate_limited", "the server is busy; try again in a moment")
+        self._lookups += 1
+        try:
+            digest = _digest(token)
+            rec = await self._lookup(digest)
+        finally:
+            self._lookups -= 1
         if rec is None:
             return False
         self._records.setdefault(digest, rec)

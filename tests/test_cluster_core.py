@@ -198,3 +198,25 @@ async def test_the_clis_change_users_and_rooms_beside_running_cores(
 def member_of(core: CoreServer, room: str) -> set[str]:
     found = core.service._rooms.get(room)
     return found.members if found is not None else set()
+
+
+async def test_made_up_tokens_cost_no_database_query(
+    two_cores: tuple[CoreServer, CoreServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume with an unknown token asks the database (another core may have issued it a
+    moment ago), but only for what could be a token: garbage is refused at once."""
+    one, _ = two_cores
+    asked: list[str] = []
+    real = one.service.tokens._lookup
+
+    async def counting(digest: str) -> Any:
+        asked.append(digest)
+        return await real(digest)
+
+    monkeypatch.setattr(one.service.tokens, "_lookup", counting)
+    client = await RawClient.to(one)
+    for token in ("x", "not a token at all", "A" * 44):
+        assert (await client.request("resume", token=token))["error"] == "invalid_token"
+    assert asked == []
+    refused = await client.request("resume", token="A" * 43)  # the right shape: looked up
+    assert refused["error"] == "invalid_token" and len(asked) == 1
