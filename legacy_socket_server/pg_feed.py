@@ -31,9 +31,11 @@ HEARTBEAT = 2.0
 #: Seconds a core stays "alive" after its last heartbeat.
 LEASE = 8.0
 #: Changes are kept this long for cores that were cut off (they catch up from them).
-KEEP_CHANGES = "1 day"
-#: Seconds between prunes of old changes and expired tokens.
-PRUNE_EVERY = 600.0
+KEEP_CHANGES = "1 hour"
+#: Seconds between prunes of old changes (expired tokens end through TokenStore._expire).
+PRUNE_EVERY = 10.0
+#: Rows one prune deletes at most: small, bounded statements (cores prune side by side).
+PRUNE_ROWS = 20_000
 #: Rows per catch-up query.
 FETCH_ROWS = 1000
 #: Seconds the writer retries fetching other cores' older changes before it gives up on
@@ -265,7 +267,9 @@ class ChangeFeed:
             if now - self._last_prune > PRUNE_EVERY:
                 self._last_prune = now
                 await conn.execute(
-                    f"DELETE FROM changes WHERE at < now() - interval '{KEEP_CHANGES}'"
+                    "DELETE FROM changes WHERE pos IN (SELECT pos FROM changes WHERE at < now() "
+                    f"- interval '{KEEP_CHANGES}' ORDER BY pos LIMIT $1 FOR UPDATE SKIP LOCKED)",
+                    PRUNE_ROWS,
                 )
         if reregistered:
             log.warning("this core's lease had run out: registered again")

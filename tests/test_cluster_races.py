@@ -170,3 +170,29 @@ async def test_a_taken_room_name_drops_its_members_even_in_a_later_part(
     finally:
         await conn.close()
     assert {r["username"] for r in rows} == {"Alice"}
+
+
+async def test_old_changes_are_pruned_in_bounded_steps(
+    start_core: StartCore, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = await new_database(pg_server)
+    core = await start_core(database_url=url)
+    alice = await RawClient.to(core)
+    await alice.login("Alice")
+    for i in range(5):
+        await alice.call("send_message", to="Bob", text=f"m{i}")
+    monkeypatch.setattr(pg_feed, "KEEP_CHANGES", "0 seconds")
+    monkeypatch.setattr(pg_feed, "PRUNE_ROWS", 3)
+    feed = core.pg.feed  # type: ignore[union-attr]
+    conn = await asyncpg.connect(url)
+    try:
+        before = await conn.fetchval("SELECT count(*) FROM changes")
+        feed._last_prune = 0.0
+        await feed.heartbeat()
+        assert await conn.fetchval("SELECT count(*) FROM changes") == before - 3
+        feed._last_prune = 0.0
+        await feed.heartbeat()
+        assert await conn.fetchval("SELECT count(*) FROM changes") == max(0, before - 6)
+        assert await conn.fetchval("SELECT count(*) FROM messages") == 5  # only the feed's copy
+    finally:
+        await conn.close()
