@@ -71,6 +71,7 @@ class PgTokenStore(TokenStore):
         self._append = append
         self._lookup = lookup
         self._lookups = 0
+        self._revoking: set[str] = set()
         self._last_expire = 0.0
 
     def _write(self, op: dict[str, object]) -> None:
@@ -78,18 +79,27 @@ class PgTokenStore(TokenStore):
         spare a password prompt, chat goes on)."""
         if "+" in op:
             digest, rec = str(op["+"]), op["r"]
+            known = digest in self._records
             self._records[digest] = rec  # type: ignore[assignment]
-            record = {"op": "token", "digest": digest, **rec}  # type: ignore[dict-item]
+            if known:  # a use noted: never brings back a token revoked on another core
+                record = {"op": "token_used", "digest": digest, "used": rec["used"]}  # type: ignore[index]
+            else:
+                record = {"op": "token", "digest": digest, **rec}  # type: ignore[dict-item]
         else:
             digest = str(op["-"])
             self._records.pop(digest, None)
             record = {"op": "untoken", "digest": digest}
+            # Until the revocation commits, the database still has the row: a resume
+            # meanwhile must not find it there (``find``).
+            self._revoking.add(digest)
         try:
             pending = self._append(record)
         except StorageUnavailable as exc:
             log.error("a resume token was not stored: %s", exc)
             return
         pending.add_done_callback(_log_failure)
+        if record["op"] == "untoken":
+            pending.add_done_callback(lambda _: self._revoking.discard(digest))
 
     def _compact(self) -> None:
         pass
@@ -98,8 +108,12 @@ class PgTokenStore(TokenStore):
         pass
 
     def apply(self, record: dict[str, Any]) -> None:
-        """Another core's ``token`` or ``untoken`` change."""
-        if record["op"] == "token":
+        """Another core's ``token``, ``token_used`` or ``untoken`` change."""
+        if record["op"] == "token_used":
+            rec = self._records.get(record["digest"])
+            if rec is not None:
+                rec["used"] = max(float(rec["used"]), float(record["used"]))
+        elif record["op"] == "token":
             self._records[record["digest"]] = {
                 "user": record["user"],
                 "pw": record["pw"],
@@ -118,12 +132,14 @@ class PgTokenStore(TokenStore):
         if self._lookups >= MAX_LOOKUPS:
             raise ChatError("rate_limited", "the server is busy; try again in a moment")
         self._lookups += 1
+        digest = _digest(token)
+        if digest in self._revoking:
+            return False
         try:
-            digest = _digest(token)
             rec = await self._lookup(digest)
         finally:
             self._lookups -= 1
-        if rec is None:
+        if rec is None or digest in self._revoking:
             return False
         self._records.setdefault(digest, rec)
         return True

@@ -285,6 +285,11 @@ MIGRATIONS: tuple[str, ...] = (
             WHEN 'token' THEN
                 INSERT INTO tokens VALUES (r->>'digest', r->>'user', r->>'pw', (r->>'used')::float8)
                 ON CONFLICT (digest) DO UPDATE SET used = GREATEST(tokens.used, EXCLUDED.used);
+            WHEN 'token_used' THEN
+                -- Only ever an update: a token revoked meanwhile (on another core) stays
+                -- revoked.
+                UPDATE tokens SET used = GREATEST(used, (r->>'used')::float8)
+                WHERE digest = r->>'digest';
             WHEN 'untoken' THEN
                 DELETE FROM tokens WHERE digest = r->>'digest';
             WHEN 'user' THEN

@@ -212,6 +212,7 @@ _HANDLERS: dict[str, Callable[[Any, dict[str, Any]], None]] = {
     "presence_set": RemoteChanges._remote_presence_set,
     "core_gone": RemoteChanges._remote_core_gone,
     "token": RemoteChanges._remote_token,
+    "token_used": RemoteChanges._remote_token,
     "untoken": RemoteChanges._remote_token,
     "user": RemoteChanges._remote_user,
 }

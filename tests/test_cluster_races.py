@@ -196,3 +196,39 @@ async def test_old_changes_are_pruned_in_bounded_steps(
         assert await conn.fetchval("SELECT count(*) FROM messages") == 5  # only the feed's copy
     finally:
         await conn.close()
+
+
+async def test_a_use_noted_late_never_brings_back_a_revoked_token(
+    start_core: StartCore, pg_server: PgServer
+) -> None:
+    """Core two notes a use of a token (its session ended) after core one revoked it (a
+    logout): the token stays revoked, in the database and on every core."""
+    url = await new_database(pg_server)
+    one = await start_core(database_url=url)
+    two = await start_core(database_url=url)
+    client = await RawClient.to(one)
+    token = (await client.login("Alice"))["token"]
+    stale = two.service.tokens
+
+    def alices() -> str | None:
+        return next((d for d, r in stale._records.items() if r["user"] == "Alice"), None)
+
+    digest = await until(alices, what="the token on core two")
+    two.pg.feed.fetch_soon = lambda: None  # type: ignore[union-attr,method-assign]
+    await client.call("exit")  # revoked on core one; core two has not heard yet
+    stale._records[digest]["used"] -= 3 * 24 * 3600  # old enough for a use to be written
+    stale.touch(token)
+    again = await RawClient.to(one)
+
+    async def refused() -> bool:
+        return (await again.request("resume", token=token)).get("error") == "invalid_token"
+
+    await until(refused, what="the revoked token refused")
+    conn = await asyncpg.connect(url)
+    try:
+        await until(
+            lambda: conn.fetchval("SELECT count(*) = 0 FROM tokens WHERE digest = $1", digest),
+            what="no row for the revoked token",
+        )
+    finally:
+        await conn.close()
