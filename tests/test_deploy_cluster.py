@@ -9,15 +9,26 @@ test_cluster_failover.py and test_web_failover.py with real processes.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
-from conftest import ROOT, missing
-from deploy_files import clean_env, command_argv, env_mapping, help_text, program_of
-from test_deploy import compose_binary, compose_schema, schema_errors
+from _pg_server import create_database
+from _setup import free_port
+from conftest import ROOT, missing, start_postgres
+from deploy_files import clean_env, command_argv, env_mapping, help_text, interpolate, program_of
+from test_deploy import Browser, Service, compose_binary, compose_schema, schema_errors
+from waiting import until, wait_for
+
+from legacy_socket_server.client import CoreClient, CoreUnavailable
+from legacy_socket_server.tls import ClientTLS
 
 CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
@@ -125,3 +136,178 @@ def _haproxy() -> str:
 def test_the_deploy_docs_name_the_cluster_files(path: Any) -> None:
     docs = (ROOT / "docs" / "deploy.md").read_text() + (ROOT / "README.md").read_text()
     assert str(path.relative_to(ROOT)) in docs
+
+
+# --- the cluster's services run as written ---------------------------------------------------
+#
+# As test_deploy.py does for docker-compose.yml: each service's command with its environment
+# as the file writes them, as a subprocess (``python`` is this interpreter, service names are
+# 127.0.0.1, volumes are temp dirs, each listening port a free one). PostgreSQL is a
+# throwaway one holding the role and database the official image would create; HAProxy runs
+# deploy/haproxy.cfg with its DNS discovery swapped for the two replicas' addresses.
+
+
+def lb_config(ports: dict[str, int], cores: list[tuple[int, int]], webs: list[int]) -> str:
+    """deploy/haproxy.cfg on loopback: the binds on free ports, each ``server-template`` as
+    the replicas it would find, no Docker DNS (everything else as written)."""
+    out: list[str] = []
+    skipping = False
+    for line in HAPROXY_CFG.read_text().splitlines():
+        if line.startswith("resolvers "):
+            skipping = True
+            continue
+        if skipping and line.startswith("    "):
+            continue
+        skipping = False
+        m = re.match(r"(\s+)bind :(\d+)$", line)
+        if m:
+            out.append(f"{m.group(1)}bind 127.0.0.1:{ports[m.group(2)]}")
+            continue
+        m = re.match(r"(\s+)server-template (\w+) \d+ (\w+):(\d+)$", line)
+        if m:
+            indent, prefix, service, port = m.groups()
+            targets = {
+                ("web", "8080"): webs,
+                ("core", "5050"): [c[0] for c in cores],
+                ("core", "5051"): [c[1] for c in cores],
+            }[(service, port)]
+            out += [f"{indent}server {prefix}{i} 127.0.0.1:{p}" for i, p in enumerate(targets, 1)]
+            continue
+        # This machine's processes may hold 20,000 files: HAProxy sizes its own need from
+        # maxconn (two per connection), and a container's limit is far higher.
+        line = re.sub(r"maxconn 20000$", "maxconn 4000", line)
+        out.append(line.replace(" resolvers docker init-addr none resolve-prefer ipv4", ""))
+    return "\n".join(out) + "\n"
+
+
+async def test_the_cluster_services_run_as_written(tmp_path: Path) -> None:
+    lb_binary = _haproxy()
+    pg = start_postgres()
+    procs: list[Service] = []
+    lb: subprocess.Popen[bytes] | None = None
+    try:
+        password = "s3cret"
+        admin_url = await create_database(pg, "chat_admin")
+        admin = await asyncpg.connect(admin_url)
+        await admin.execute(f"CREATE ROLE chat LOGIN PASSWORD '{password}'")
+        await admin.execute("CREATE DATABASE chat OWNER chat")
+        await admin.close()
+        doc = yaml.safe_load(
+            CLUSTER_FILE.read_text().replace("${POSTGRES_PASSWORD:?", "${POSTGRES_PASSWORD-")
+        )
+        doc = interpolate(doc, {"POSTGRES_PASSWORD": password})
+        services = doc["services"]
+        lb_ports = {p: free_port() for p in ("8080", "5051", "5050")}
+        volumes = {"chat_tls": tmp_path / "chat_tls"}
+
+        def service(name: str, replica: int, port: int, tls_port: int = 0) -> Service:
+            svc = services[name]
+            data = tmp_path / f"{name}{replica}"
+            mounts = {"/data": data}
+            for v in svc.get("volumes", []):
+                vol, at = v.split(":")[:2]
+                mounts[at] = volumes[vol]
+
+            def rewrite(value: str) -> str:
+                for at, where in mounts.items():
+                    if value == at or value.startswith(at + "/"):
+                        return str(where) + value[len(at) :]
+                value = value.replace("@postgres:5432/", f"@127.0.0.1:{pg.port}/")
+                value = value.replace("haproxy:5050", f"127.0.0.1:{lb_ports['5050']}")
+                return "127.0.0.1" if value == "0.0.0.0" else value
+
+            env = {k: rewrite(v) for k, v in env_mapping(svc.get("environment")).items()}
+            for var, value in (("CHAT_PORT", port), ("CHAT_WEB_PORT", port)):
+                if var in env:
+                    env[var] = str(value)
+            if tls_port:
+                env["CHAT_TLS_PORT"] = str(tls_port)
+            argv = [rewrite(a) for a in command_argv(svc["command"])]
+            assert argv[0] == "python"
+            argv[0] = sys.executable
+            if name == "web":
+                argv[argv.index("--core") + 1] = env["CHAT_CORE"]
+            health = svc.get("healthcheck", {}).get("test", ["CMD", "true"])[1:]
+            health = [sys.executable if a == "python" else a for a in health]
+            return Service(
+                name, argv, clean_env(**env), health, 10.0, port, tls_port, data.with_suffix(".log")
+            )
+
+        tls_init = service("tls-init", 1, 0)
+        done = subprocess.run(  # noqa: ASYNC221 - nothing else runs on this loop yet
+            tls_init.argv, env=tls_init.env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        fingerprint = done.stdout.strip()
+        cores = [(free_port(), free_port()) for _ in range(2)]
+        for i, (port, tls) in enumerate(cores, 1):
+            procs.append(service("core", i, port, tls).start())
+        for core in procs:
+            core.wait_healthy()  # the core's healthcheck as written (a framed ping)
+        webs = [free_port() for _ in range(2)]
+        cfg = tmp_path / "haproxy.cfg"
+        cfg.write_text(lb_config(lb_ports, cores, webs))
+        with open(tmp_path / "haproxy.log", "ab") as log:
+            lb = subprocess.Popen(  # noqa: ASYNC220 - a server process, started once
+                [lb_binary, "-f", str(cfg), "-db"], stdout=log, stderr=subprocess.STDOUT
+            )
+        for i, port in enumerate(webs, 1):
+            procs.append(service("web", i, port).start())
+        for web in procs[2:]:
+            web.wait_healthy()
+
+        # A browser through HAProxy's HTTP port; a desktop client through its TLS port,
+        # pinning the one certificate tls-init made.
+        site = Browser(f"http://127.0.0.1:{lb_ports['8080']}")
+        wait_for(lambda: site.call("GET", "/healthz")[0] == 200, what="HAProxy's web port")
+        status, body = site.call("POST", "/api/login", {"username": "Alice", "password": "123"})
+        assert status == 200, body
+        tls = ClientTLS(fingerprint=fingerprint)
+
+        async def desktop() -> CoreClient:
+            client = await CoreClient.connect("127.0.0.1", lb_ports["5051"], tls=tls)
+            return client
+
+        bob = await until(
+            lambda: _connect_or_none(desktop, CoreUnavailable), what="TLS via HAProxy"
+        )
+        token = (await bob.login("Bob", "456"))["token"]
+        status, sent = site.call("POST", "/api/messages", {"to": "Bob", "text": "through it all"})
+        assert status == 200, sent
+        history = await bob.call("history", **{"with": "Alice"})
+        assert [m["text"] for m in history["messages"]] == ["through it all"]
+
+        # kill -9 the core Bob is on: he resumes on the other through the same port.
+        on = next(c for c in procs[:2] if "Bob logged in" in c.output())
+        assert on.proc is not None
+        os.kill(on.proc.pid, signal.SIGKILL)
+        await bob.close()
+
+        async def resumed() -> CoreClient | None:
+            try:
+                client = await desktop()
+                await client.resume(token)
+                return client
+            except Exception:
+                return None
+
+        bob = await until(resumed, timeout=20, what="Bob resumed on the other core")
+        status, sent = site.call("POST", "/api/messages", {"to": "Bob", "text": "after the kill"})
+        assert status == 200, sent
+        texts = [m["text"] for m in (await bob.call("history", **{"with": "Alice"}))["messages"]]
+        assert texts == ["through it all", "after the kill"]
+        await bob.close()
+    finally:
+        for svc in reversed(procs):
+            svc.stop()
+        if lb is not None:
+            lb.terminate()
+            lb.wait(10)
+        pg.stop()
+
+
+async def _connect_or_none(connect: Any, error: type[Exception]) -> Any:
+    try:
+        return await connect()
+    except error:
+        return None
