@@ -145,3 +145,19 @@ def pg_server(base_dir: str | None = None) -> Iterator[PgServer]:
         yield server.start()
     finally:
         server.stop()
+
+
+async def create_database_at(url: str, name: str) -> str:
+    """A new, empty database on the server ``url`` points at (an existing PostgreSQL, the
+    account allowed to create databases); the URL of the new one."""
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))

@@ -31,6 +31,9 @@ raise ``--procs``).
     python bench/system_load.py --mode pollmax --users 200 --seconds 10   # gateway vs bare aiohttp
     python bench/system_load.py --mode ws longpoll --users 2000 --tracemalloc 10
     python bench/system_load.py --mode longpoll --users 1000 --store files postgres
+    python bench/system_load.py --mode longpoll --users 2000 --store files postgres cluster
+    python bench/system_load.py --mode longpoll --users 2000 --store postgres cluster \
+        --database-url postgresql://USER:PASSWORD@HOST/postgres   # an existing server
 
 ``pollmax`` is the throughput baseline: browsers only, each in a closed loop of
 ``GET /api/poll?cursor=<head>`` with no new events, first against the gateway,
@@ -69,7 +72,7 @@ from typing import Any
 
 import _gc_probe
 from _load_worker import worker
-from _pg_server import create_database, pg_server
+from _pg_server import create_database, create_database_at, pg_server
 from _setup import (
     cpu_seconds,
     machine_cpu,
@@ -209,7 +212,11 @@ def run_point(
         names = list(tokens)
         url = None
         if store in ("postgres", "cluster"):
-            url = asyncio.run(create_database(args.pg, f"load_{os.getpid()}_{next(_points)}"))
+            name = f"load_{os.getpid()}_{next(_points)}"
+            if args.database_url:
+                url = asyncio.run(create_database_at(args.database_url, name))
+            else:
+                url = asyncio.run(create_database(args.pg, name))
         web_extra = ["--idle-timeout", "3600"]
         if target == "bare":
             core, core_port = start_core(Path(tmp), database_url=url)
@@ -575,6 +582,11 @@ def main() -> None:
         "PostgreSQL; cluster: 2 cores + 2 web apps on it behind HAProxy (a fresh database "
         "per point)",
     )
+    ap.add_argument(
+        "--database-url",
+        help="postgres and cluster points: a fresh database per point on this PostgreSQL "
+        "server (the account may create databases) instead of a throwaway server",
+    )
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--drain", type=float, default=3.0, help="receive-only seconds after")
     ap.add_argument("--rate", type=float, default=0.1, help="messages/s sent by each user")
@@ -618,7 +630,7 @@ def main() -> None:
     rows = []
     with contextlib.ExitStack() as stack:
         on_pg = {"postgres", "cluster"} & set(args.store)
-        args.pg = stack.enter_context(pg_server()) if on_pg else None
+        args.pg = stack.enter_context(pg_server()) if on_pg and not args.database_url else None
         for n in args.users:
             for mode in args.mode:
                 for target, store in points(args, mode):
