@@ -128,14 +128,7 @@ class PgServer:
 
 async def create_database(server: PgServer, name: str) -> str:
     """A new, empty database on ``server``; its URL."""
-    import asyncpg  # noqa: PLC0415 - only callers that start a server need the driver
-
-    admin = await asyncpg.connect(server.url())
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return server.url(name)
+    return await create_database_at(server.url(), name)
 
 
 @contextlib.contextmanager
@@ -152,7 +145,7 @@ async def create_database_at(url: str, name: str) -> str:
     account allowed to create databases); the URL of the new one."""
     from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
 
-    import asyncpg  # noqa: PLC0415
+    import asyncpg  # noqa: PLC0415 - only callers that create databases need the driver
 
     admin = await asyncpg.connect(url)
     try:

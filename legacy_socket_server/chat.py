@@ -165,6 +165,15 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         if "client_msg_id" in msg:
             self._dedup[(msg["from"], msg["client_msg_id"])] = msg
 
+    def _add_message(self, msg: dict[str, Any]) -> None:
+        """Keep a committed message (this core's or another's) and tell its recipients here."""
+        self._index(msg)
+        if "room" in msg:
+            recipients: Any = self._rooms[msg["room"]].members  # _index made sure it exists
+        else:
+            recipients = (msg["from"], msg["to"])
+        self._emit_many(recipients, {"type": "message", "message": msg})
+
     def _conv(self, a: str, b: str) -> ConversationIndex:
         key = pair_key(a, b)
         conv = self._convs.get(key)
@@ -521,9 +530,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         def apply() -> dict[str, Any]:
             if "duplicate" in record:  # sent before, through another core: that one
                 return {"message": record["duplicate"]}
-            self._index(msg)
-            recipients = (sender, target) if kind == "peer" else target.members
-            self._emit_many(recipients, {"type": "message", "message": msg})
+            self._add_message(msg)
             self._maybe_compact()
             return {"message": msg}
 

@@ -46,9 +46,8 @@ class RemoteChanges:
     _markers: dict[str, dict[str, int]]
     _room_markers: dict[str, dict[str, int]]
     _enrolled: set[str]
-    _index: Callable[[dict[str, Any]], None]
+    _add_message: Callable[[dict[str, Any]], None]
     _emit: Callable[..., None]
-    _emit_many: Callable[..., None]
     _apply_member: Callable[..., None]
     _broadcast_presence: Callable[[str, bool], None]
     room_view: Callable[[str, Room], dict[str, Any]]
@@ -120,14 +119,7 @@ class RemoteChanges:
                 log.exception("applying another core's %r failed", record.get("op"))
 
     def _remote_message(self, record: dict[str, Any]) -> None:
-        msg = message_from(record["message"])
-        self._index(msg)
-        if "room" in msg:
-            room = self._rooms.get(msg["room"])
-            recipients: Any = room.members if room is not None else ()
-        else:
-            recipients = (msg["from"], msg["to"])
-        self._emit_many(recipients, {"type": "message", "message": msg})
+        self._add_message(message_from(record["message"]))
 
     def _remote_read(self, record: dict[str, Any]) -> None:
         user = record["user"]

@@ -17,12 +17,9 @@ from web_helpers import (  # noqa: F401 - fixtures
     fixture_chromium,
     import_playwright,
     log_in,
+    room_button,
     user_button,
 )
-
-
-def room_button(page: Any, name: str) -> Any:
-    return page.locator(f'#rooms .room[data-room="{name}"]')
 
 
 async def test_a_browser_and_a_desktop_client_on_two_cores(

@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from _haproxy import find_haproxy
 from _pg_server import create_database
 from _setup import free_port
 from conftest import ROOT, missing, start_postgres
@@ -123,11 +124,7 @@ def test_haproxy_configuration_is_valid_and_matches_the_services() -> None:
 
 
 def _haproxy() -> str:
-    import shutil
-
-    found = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if (ROOT.root / "usr/sbin/haproxy").exists() else None
-    )
+    found = find_haproxy()
     if found is None:
         missing("haproxy not found (apt-get install haproxy; see .ci/run)")
     return found  # type: ignore[return-value]

@@ -25,6 +25,7 @@ from web_helpers import (  # noqa: F401 - fixtures
     fixture_tcp,
     import_playwright,
     log_in,
+    room_button,
     user_button,
     violations,
 )
@@ -40,11 +41,6 @@ XSS = "<img src=x onerror=alert(1)>"
 async def site(make_web: MakeWeb) -> str:
     server = await make_web()
     return f"http://{server.host}:{server.port}"
-
-
-def room_button(page: Any, name: str) -> Any:
-    """The sidebar's button for the room ``name``."""
-    return page.locator(f'#rooms .room[data-room="{name}"]')
 
 
 def keep(path: Path) -> None:

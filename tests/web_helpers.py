@@ -171,6 +171,11 @@ def user_button(page: Any, name: str) -> Any:
     return page.locator(f'#users .user[data-name="{name}"]')
 
 
+def room_button(page: Any, name: str) -> Any:
+    """The sidebar's button for the room ``name``."""
+    return page.locator(f'#rooms .room[data-room="{name}"]')
+
+
 # -- accessibility: axe-core (npm, package.json) --------------------------------------------
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 
