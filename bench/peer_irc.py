@@ -202,7 +202,8 @@ class CoreClient(_Client):
     def write_msg(self) -> None:
         self.rid += 1
         self.request(
-            b'{"purpose":"send_message","id":%d,"to":"%s","text":"ping"}' % (self.rid, self.peer)
+            b'{"purpose":"send_message","id":%d,"to":"%s","text":"ping","echo":false}'
+            % (self.rid, self.peer)
         )
 
     def data_received(self, data: bytes) -> None:

@@ -165,14 +165,15 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         if "client_msg_id" in msg:
             self._dedup[(msg["from"], msg["client_msg_id"])] = msg
 
-    def _add_message(self, msg: dict[str, Any]) -> None:
-        """Keep a committed message (this core's or another's) and tell its recipients here."""
+    def _add_message(self, msg: dict[str, Any], skip: int = 0) -> None:
+        """Keep a committed message (this core's or another's) and tell its recipients
+        here, but not the session ``skip`` (one that sent it with ``echo: false``)."""
         self._index(msg)
         if "room" in msg:
             recipients: Any = self._rooms[msg["room"]].members  # _index made sure it exists
         else:
             recipients = (msg["from"], msg["to"])
-        self._emit_many(recipients, {"type": "message", "message": msg})
+        self._emit_many(recipients, {"type": "message", "message": msg}, skip)
 
     def _conv(self, a: str, b: str) -> ConversationIndex:
         key = pair_key(a, b)
@@ -228,22 +229,44 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
             self._seq += 1
             self._deliver(user, Entry(self._seq, event, skip, encoded_size(event)), skip)
 
-    def _emit_many(self, users: Any, event: dict[str, Any]) -> None:
+    def _emit_many(self, users: Any, event: dict[str, Any], skip: int = 0) -> None:
         """One event for many users: encoded once, one shared entry appended to each log."""
         shared = PreEncoded(event)
         self._seq += 1
-        entry = Entry(self._seq, shared, 0, len(shared.json))
+        entry = Entry(self._seq, shared, skip, len(shared.json))
         for user in users:
-            self._deliver(user, entry, 0)
+            self._deliver(user, entry, skip)
 
     def _deliver(self, user: str, entry: Entry, skip: int) -> None:
         ulog = self._logs.get(user)
         if ulog is None:
             return  # never logged in this run: their next login starts fresh
         ulog.append(entry)
-        for s in list(self._online.get(user, ())):
-            if s.held is not None and s.id != skip and not self._answer_with(s, ulog, entry):
+        sessions = self._online.get(user)
+        if not sessions:
+            return
+        for s in list(sessions):
+            if s.held is None:
+                continue
+            if s.id == skip:
+                self._pass_over(s, ulog, entry)
+            elif not self._answer_with(s, ulog, entry):
                 self._answer_held(s)
+
+    def _pass_over(self, session: Session, ulog: EventLog, entry: Entry) -> None:
+        """Move a held poll's cursor past an event it must not see, when nothing before
+        that event is waiting for it: its next answer then takes the fast path
+        (``_answer_with``) instead of merging the logs to skip the event."""
+        cursor = session.cursor
+        seq = cursor & SEQ_MASK
+        seqs, presence = ulog.seqs, self._presence.seqs
+        if (
+            cursor >> SEQ_BITS == self.boot
+            and ulog.trimmed <= seq
+            and (len(seqs) < 2 or seqs[-2] <= seq)
+            and (not presence or presence[-1] <= seq)
+        ):
+            session.cursor = (self.boot << SEQ_BITS) | entry.seq
 
     def _answer_with(self, session: Session, ulog: EventLog, entry: Entry) -> bool:
         """Answer a held poll whose only news is ``entry``, from bytes made once per event.
@@ -496,6 +519,9 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         kind, target = self._target(session, req, "to")
         text = get_str(req, "text", max_len=None)
         cmid = get_str(req, "client_msg_id", max_len=64, required=False)
+        # ``echo: false``: the reply carries the message, so this session needs no event of
+        # it; its held poll is not woken for it (docs/protocol.md#core-choices).
+        skip = 0 if get_bool(req, "echo", required=False) is not False else session.id
         if cmid is not None:
             original = self._dedup.get((sender, cmid))
             if original is not None:
@@ -530,7 +556,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         def apply() -> dict[str, Any]:
             if "duplicate" in record:  # sent before, through another core: that one
                 return {"message": record["duplicate"]}
-            self._add_message(msg)
+            self._add_message(msg, skip)
             self._maybe_compact()
             return {"message": msg}
 
@@ -674,7 +700,9 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         if reply is None:
             reply = {"cursor": self.cursor(), "events": [], "reset": True}
         elif not reply["events"] and wait_ms > 0:
-            session.cursor = cursor
+            # Past what it skipped (its own sends with ``echo: false``): nothing after
+            # the reply's cursor is for it, so its next event takes the fast path.
+            session.cursor = reply["cursor"]
             self._hold(session, base, wait_ms / 1000)
             return None
         session.cursor = reply["cursor"]

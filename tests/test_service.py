@@ -213,6 +213,8 @@ async def test_text_length_counts_code_points(svc: ChatService) -> None:
         {"to": "Bob", "text": "hi", "client_msg_id": 7},
         {"to": "Bob", "text": "hi", "client_msg_id": "x" * 65},
         {"to": "Bob", "text": "hi", "client_msg_id": "\udfff"},
+        {"to": "Bob", "text": "hi", "echo": "no"},
+        {"to": "Bob", "text": "hi", "echo": 0},
     ],
 )
 async def test_send_bad_fields(svc: ChatService, fields: dict[str, Any]) -> None:

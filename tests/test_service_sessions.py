@@ -180,6 +180,60 @@ async def test_long_poll_wakes_on_event(svc: ChatService) -> None:
     assert len(a.out) == 1
 
 
+async def test_send_without_echo(svc: ChatService) -> None:
+    """``echo: false``: the sending session has its message in the reply and no event of
+    it; the recipient and the sender's other sessions get the event as always."""
+    a, a2, b = Client(svc), Client(svc), Client(svc)
+    token = a.login("Alice")["token"]
+    a2.login("Alice")
+    b.login("Bob")
+    start = a.poll_to_the_end(a.ok("poll")["cursor"])[-1]["cursor"]
+    a2.poll_events()
+    assert a.req("poll", wait_ms=30_000, id="held") is None
+    assert a2.req("poll", wait_ms=30_000, id="other") is None
+    m = a.send("Bob", "quiet", echo=False)
+    assert a.out == []  # not woken by its own message
+    assert a2.out[0]["events"] == [{"type": "message", "message": m}]
+    assert b.poll_events() == [{"type": "message", "message": m}]
+    # The next event answers the held poll, without the skipped message.
+    r = b.send("Alice", "reply")
+    assert a.out[0]["id"] == "held" and a.out[0]["events"] == [{"type": "message", "message": r}]
+    # The same cursor gives the same events; the cursor has moved past both.
+    assert a.poll_events(cursor=start) == [{"type": "message", "message": r}]
+    assert a.poll_events(cursor=a.out[0]["cursor"]) == []
+    # A new session (a resume after a lost connection) from that cursor gets both.
+    again = Client(svc)
+    again.ok("resume", token=token)
+    assert [e["message"]["text"] for e in again.poll_events(cursor=start)] == ["quiet", "reply"]
+    # Without the field (or with true) the sender hears of its message, as before.
+    assert a.req("poll", wait_ms=30_000, id="held2") is None
+    loud = a.send("Bob", "loud", echo=True)
+    assert a.out[-1]["id"] == "held2"
+    assert a.out[-1]["events"] == [{"type": "message", "message": loud}]
+
+
+async def test_held_poll_past_own_message_without_echo(svc: ChatService) -> None:
+    """A poll sent after an ``echo: false`` send, from the cursor before it, is held (its
+    message is not news to it) and answered by the next event alone."""
+    a, b = Client(svc), Client(svc)
+    a.login("Alice")
+    b.login("Bob")
+    cursor = a.poll_to_the_end(a.ok("poll")["cursor"])[-1]["cursor"]
+    a.send("Bob", "first", echo=False)
+    assert a.req("poll", cursor=cursor, wait_ms=30_000, id="late") is None
+    assert a.out == []
+    r = b.send("Alice", "answer")
+    assert a.out == [
+        {
+            "purpose": "poll",
+            "id": "late",
+            "ok": True,
+            "cursor": a.out[0]["cursor"],
+            "events": [{"type": "message", "message": r}],
+        }
+    ]
+
+
 async def test_long_poll_returns_at_once_when_events_wait(svc: ChatService) -> None:
     a, b = Client(svc), Client(svc)
     a.login("Alice")

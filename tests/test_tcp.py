@@ -57,6 +57,26 @@ async def test_chat_end_to_end(core: CoreServer) -> None:
     await bob.close()
 
 
+async def test_send_without_echo_next_to_a_held_poll(core: CoreServer) -> None:
+    """The desktop client's hot path: a held poll and an ``echo: false`` send in one
+    packet. The poll is not woken by its own message; the peer's reply answers it alone."""
+    alice, bob = await RawClient.to(core), await RawClient.to(core)
+    la = await alice.login("Alice")
+    await bob.login("Bob")
+    cursor = (await alice.call("poll", cursor=la["cursor"]))["cursor"]  # Bob's presence
+    poll = {"purpose": "poll", "id": "held", "cursor": cursor, "wait_ms": 30_000}
+    send = {"purpose": "send_message", "id": "s", "to": "Bob", "text": "hi", "echo": False}
+    await alice.send_raw(encode(poll) + encode(send))
+    ack = await alice.recv()
+    assert ack["id"] == "s" and ack["ok"] is True and ack["message"]["text"] == "hi"
+    reply = (await bob.call("send_message", to="Alice", text="hello"))["message"]
+    woke = await alice.recv()
+    assert woke["id"] == "held" and woke["events"] == [{"type": "message", "message": reply}]
+    assert (await alice.call("poll", cursor=woke["cursor"]))["events"] == []
+    await alice.close()
+    await bob.close()
+
+
 async def test_replies_echo_ids_in_request_order(core: CoreServer) -> None:
     c = await RawClient.to(core)
     ids: list[Any] = [1, "two", 3, "", 2**40, "x" * 64]

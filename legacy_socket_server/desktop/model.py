@@ -801,7 +801,14 @@ class ChatClient:
                 continue
             item["inflight"] = True
             target = "room" if "room" in item else "to"
-            fields = {target: item[target], "text": item["text"], "client_msg_id": cid}
+            # The reply carries the message: no event of it for this session, so the held
+            # poll is not woken and sent again for our own message (docs/protocol.md#core-choices).
+            fields = {
+                target: item[target],
+                "text": item["text"],
+                "client_msg_id": cid,
+                "echo": False,
+            }
             self._request("send_message", fields, cid=cid)
 
     def _on_send_message(self, reply: dict[str, Any], cid: str) -> None:
