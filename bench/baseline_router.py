@@ -45,7 +45,9 @@ class Router(asyncio.Protocol):
                 msg = {"id": next_id, "from": self.name, "to": req["to"], "text": req["text"]}
                 next_id += 1
                 self.t.write(encode({**base, "message": msg}))
-                for user in (self.name, req["to"]):
+                # As the core: "echo": false leaves the sender out of the event.
+                echo = req.get("echo") is not False
+                for user in (self.name, req["to"]) if echo else (req["to"],):
                     queues.setdefault(user, []).append({"type": "message", "message": msg})
                     for t, b in waiters.pop(user, []):
                         if not t.is_closing():

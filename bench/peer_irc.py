@@ -7,6 +7,8 @@ throughput is set by how fast the server turns a message around. IRC clients reg
 clients ``resume`` with a ready-made token, keep one held ``poll`` (sent again with the
 new cursor after every reply, as the desktop client does) and send ``send_message``; a
 message counts as seen when it reaches the recipient's poll reply. Latency is send → seen.
+Core clients send with ``"echo": false``, as the desktop client does (the send's reply
+carries the message, so the sender's held poll is not woken by it).
 
 Over a measured window (after a warm-up; logins excluded) it reports messages/s, messages
 per server CPU-second (utime+stime from /proc/PID/stat at both ends of the window), p50/p99
@@ -18,6 +20,7 @@ up for the whole run (the core's history grows run after run).
     python bench/peer_irc.py                                   # 50 and 500 pairs
     python bench/peer_irc.py --pairs 50 --seconds 10 --rounds 3
     python bench/peer_irc.py --only core --core-args="--fsync always"
+    python bench/peer_irc.py --pairs 50 --rounds 3 --router   # + bench/baseline_router.py
 
 ngircd runs in the foreground from a config generated in a temp dir (127.0.0.1, a free
 port, penalties and connection limits off); the core runs as ``server.py --send-rate 0``.
@@ -42,6 +45,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from _setup import cpu_seconds, free_port, make_data_dir, raise_fd_limit, start_process
 
 try:  # the core runs on uvloop when it is installed; the clients should not be slower
@@ -61,6 +65,7 @@ _PINNED_EXEC = (
     "import os,sys; os.sched_setaffinity(0,{int(sys.argv[1])}); os.execvp(sys.argv[2],sys.argv[2:])"
 )
 _now = time.perf_counter_ns
+_decode = msgspec.json.Decoder().decode  # the clients must not be the limit
 
 # Started as root, ngircd drops to "nobody" after reading this; it writes no file (no
 # PidFile) and logs to stdout. IncludeDir points at an empty dir so /etc/ngircd's
@@ -137,14 +142,14 @@ class _Client(asyncio.Protocol):
         self.pair.sent_ns = _now()
         self.write_msg()
 
-    def on_seen(self) -> None:
+    def on_seen(self, before: bytes = b"") -> None:
         # The hot path: one clock read serves as this message's arrival and the next's send.
         meter, pair, now = self.meter, self.pair, _now()
         meter.seen += 1
         if meter.measuring:
             meter.samples.append(now - pair.sent_ns)
         pair.sent_ns = now
-        self.write_msg()
+        self.write_msg(before)
 
 
 class IrcClient(_Client):
@@ -156,7 +161,7 @@ class IrcClient(_Client):
     def login(self) -> None:
         self.transport.write(self.hello)
 
-    def write_msg(self) -> None:
+    def write_msg(self, before: bytes = b"") -> None:
         self.transport.write(self.message)
 
     def data_received(self, data: bytes) -> None:
@@ -187,24 +192,24 @@ class CoreClient(_Client):
         self.rid = 0
         self.cursor = 0
 
-    def request(self, data: bytes) -> None:
+    def login(self) -> None:
+        data = json.dumps({"purpose": "resume", "id": 0, "token": self.token}).encode()
         self.transport.write(b"$%d%s$" % (len(data), data))
 
-    def login(self) -> None:
-        self.request(json.dumps({"purpose": "resume", "id": 0, "token": self.token}).encode())
-
-    def poll(self) -> None:
+    def poll(self) -> bytes:
         self.rid += 1
-        self.request(
-            b'{"purpose":"poll","id":%d,"cursor":%d,"wait_ms":25000}' % (self.rid, self.cursor)
-        )
+        data = b'{"purpose":"poll","id":%d,"cursor":%d,"wait_ms":25000}' % (self.rid, self.cursor)
+        return b"$%d%s$" % (len(data), data)
 
-    def write_msg(self) -> None:
+    def write_msg(self, before: bytes = b"") -> None:
+        # The next poll and the message leave in one write, as a client that polls and
+        # sends in the same turn would write them.
         self.rid += 1
-        self.request(
-            b'{"purpose":"send_message","id":%d,"to":"%s","text":"ping","echo":false}'
-            % (self.rid, self.peer)
+        data = b'{"purpose":"send_message","id":%d,"to":"%s","text":"ping","echo":false}' % (
+            self.rid,
+            self.peer,
         )
+        self.transport.write(b"%s$%d%s$" % (before, len(data), data))
 
     def data_received(self, data: bytes) -> None:
         # $LEN{json}$ where LEN is digits, so the first "{" after the "$" starts the data.
@@ -225,18 +230,20 @@ class CoreClient(_Client):
         # A third of the frames are acks: not worth decoding (the recipient's poll counts).
         if frame.startswith(b'{"purpose":"send_message"') and b'"ok":true' in frame:
             return
-        obj = json.loads(frame)
+        obj = _decode(frame)
         if obj.get("ok") is not True:
             self.fail(f"{obj.get('purpose')}: {obj.get('error')} {obj.get('message')}")
             return
         self.cursor = obj["cursor"]  # resume and poll replies both carry one
-        self.poll()
+        poll = self.poll()
+        if obj["purpose"] != "resume":
+            for ev in obj["events"]:  # presence events are ignored
+                if ev["type"] == "message" and ev["message"]["to"] == self.me:
+                    self.on_seen(poll)
+                    return
+        self.transport.write(poll)
         if obj["purpose"] == "resume":
             self.ready.set_result(None)
-            return
-        for ev in obj["events"]:  # presence events are ignored
-            if ev["type"] == "message" and ev["message"]["to"] == self.me:
-                self.on_seen()
 
 
 @dataclass
@@ -281,8 +288,9 @@ def make_clients(
             ready = loop.create_future()
             if server == "ngircd":
                 factory = partial(IrcClient, me, peer, pair, meter, ready)
-            else:
-                factory = partial(CoreClient, me, peer, tokens[me], pair, meter, ready)
+            else:  # the router takes the name itself for a token
+                token = tokens[me] if server == "core" else me
+                factory = partial(CoreClient, me, peer, token, pair, meter, ready)
             out.append((factory, ready))
     return out
 
@@ -356,6 +364,11 @@ def start_core(data_dir: Path, extra: list[str], cpu: int | None) -> tuple[subpr
     return start_process(pinned(args, cpu))
 
 
+def start_router(cpu: int | None) -> tuple[subprocess.Popen, int]:
+    args = [sys.executable, "bench/baseline_router.py", "0", "--uvloop"]
+    return start_process(pinned(args, cpu), r"baseline listening on \S+:(\d+)")
+
+
 def stop(name: str, proc: subprocess.Popen) -> None:
     """SIGTERM (both servers shut down cleanly on it), SIGKILL after a deadline."""
     if proc.poll() is None:
@@ -417,7 +430,7 @@ def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     medians: dict[tuple[str, int], Result] = {}
     for n in pairs_list:
-        for server in ("ngircd", "core"):
+        for server in ("ngircd", "core", "router"):
             rs = [r for r in results if r.server == server and r.pairs == n]
             for i, r in enumerate(rs, 1):
                 print(row(f"{server} #{i}" if rounds > 1 else server, r))
@@ -426,11 +439,11 @@ def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
                 if rounds > 1:
                     print(row(f"{server} median", medians[server, n]))
     print("\nCPU columns: CPU-seconds per second of the window (1.00 = one CPU busy).")
-    for n in pairs_list:
-        if ("core", n) in medians and ("ngircd", n) in medians:
-            c, i = medians["core", n], medians["ngircd", n]
+    for n, server in ((n, s) for n in pairs_list for s in ("core", "router")):
+        if (server, n) in medians and ("ngircd", n) in medians:
+            c, i = medians[server, n], medians["ngircd", n]
             print(
-                f"- {n} pairs, core/ngircd: messages per server CPU-second "
+                f"- {n} pairs, {server}/ngircd: messages per server CPU-second "
                 f"{c.per_cpu_s / i.per_cpu_s:.3f} (ngircd {i.per_cpu_s / c.per_cpu_s:.1f}x); "
                 f"messages/s {c.msgs_per_s / i.msgs_per_s:.3f} "
                 f"(ngircd {i.msgs_per_s / c.msgs_per_s:.1f}x)"
@@ -443,9 +456,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="measured window per run")
     ap.add_argument("--rounds", type=int, default=1, help="ngircd, core, ngircd, core, …")
     ap.add_argument("--only", choices=["core", "ircd"], help="run one server (profiling)")
+    ap.add_argument(
+        "--router",
+        action="store_true",
+        help="also run bench/baseline_router.py (no rules, no journal): Python's ceiling",
+    )
     ap.add_argument("--core-args", default="", help='e.g. --core-args="--fsync always"')
     args = ap.parse_args()
     servers = {"core": ["core"], "ircd": ["ngircd"], None: ["ngircd", "core"]}[args.only]
+    if args.router:
+        servers.append("router")
     server_cpu = pin_self()
     n_clients = 2 * max(args.pairs)
     raise_fd_limit(n_clients + 64)  # before the servers start: they inherit it
@@ -463,6 +483,8 @@ def main() -> None:
             if "core" in servers:
                 extra = shlex.split(args.core_args)
                 procs["core"] = start_core(tmp / "core", extra, server_cpu)
+            if "router" in servers:
+                procs["router"] = start_router(server_cpu)
             for n in args.pairs:
                 for _ in range(args.rounds):
                     for server in servers:
