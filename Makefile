@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The core's request path compiled with mypyc (legacy_socket_server/native.py), rebuilt when
+# the package changes; without a C compiler the same modules run as Python.
+NATIVE := $(VENV)/.native-stamp
 # axe-core (npm, package.json) for the browser accessibility tests.
 AXE := node_modules/axe-core/axe.min.js
 
-.PHONY: run test install server desktop lint format bench clean
+.PHONY: run test install native server desktop lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,19 +20,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(NATIVE): $(STAMP) $(wildcard legacy_socket_server/*.py)
+	@echo "compiling the core's hot modules (mypyc, about a minute)..."
+	@$(PY) -m legacy_socket_server.native_build || \
+		echo "not compiled: the core runs its Python modules (slower, the same behaviour)"
+	@touch $(NATIVE)
+
+native: $(NATIVE)
+
 $(AXE): package.json package-lock.json
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund; \
 	else echo "npm not found: the axe-core accessibility tests will be skipped"; fi
 
 ## The whole product: embedded core (TCP 5050) + web app (http://127.0.0.1:8080).
-run: $(STAMP)
+run: $(NATIVE)
 	$(PY) -m app
 
 ## The whole test suite (GUI/browser tests skip on a laptop without xvfb/chromium).
-test: $(STAMP) $(AXE)
+test: $(NATIVE) $(AXE)
 	$(PY) -m pytest -q -p no:cacheprovider
 
-server: $(STAMP)
+server: $(NATIVE)
 	$(PY) server.py
 
 desktop: $(STAMP)
@@ -43,8 +54,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(NATIVE)
 	$(PY) bench/core_load.py
 
 clean:
+	-$(PY) -m legacy_socket_server.native_build clean
 	rm -rf $(VENV) .pytest_cache node_modules

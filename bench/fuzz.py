@@ -55,7 +55,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from legacy_socket_server import users as users_module  # noqa: E402
-from legacy_socket_server.chat import ChatService, Session  # noqa: E402
+from legacy_socket_server.chat import HANDLERS, ChatService, Session  # noqa: E402
 from legacy_socket_server.protocol import (  # noqa: E402
     FrameDecoder,
     ProtocolError,
@@ -67,7 +67,7 @@ from legacy_socket_server.tokens import TokenStore  # noqa: E402
 from legacy_socket_server.users import UserStore  # noqa: E402
 
 DEMO = {"Alice": "123", "Bob": "456", "Charlie": "789"}
-PURPOSES = sorted(ChatService._handlers)
+PURPOSES = sorted(HANDLERS)
 #: Every error code docs/protocol.md#requests-and-replies allows in a ChatService.handle reply.
 ERROR_CODES = frozenset(
     {

@@ -470,6 +470,11 @@ def main() -> None:
     n_clients = 2 * max(args.pairs)
     raise_fd_limit(n_clients + 64)  # before the servers start: they inherit it
     print(f"event loop: {run_loop.__module__}; warm-up {WARMUP_S} s, window {args.seconds} s")
+    if "core" in servers:  # compiled or not (legacy_socket_server/native.py), from this tree
+        status = [sys.executable, "-m", "legacy_socket_server.native_build", "status"]
+        print(
+            "core modules:", subprocess.run(status, capture_output=True, text=True).stdout.strip()
+        )
 
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     results: list[Result] = []

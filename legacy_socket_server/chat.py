@@ -44,7 +44,7 @@ from .protocol import DEFAULT_MAX_FRAME_BYTES, PreEncoded, poll_reply_packet, po
 from .replication import RemoteChanges
 from .rooms import RoomRules
 from .session import ChatError, Session
-from .store import HistoryState, HistoryStore
+from .store import HistoryState
 from .tokens import TokenStore
 from .users import UserStore
 from .validation import BadRequest, get_bool, get_int, get_str
@@ -82,7 +82,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
     def __init__(
         self,
         users: UserStore,
-        history: HistoryStore,
+        history: Any,  # HistoryStore or PgHistoryStore (mypyc checks annotations at run time)
         tokens: TokenStore,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
@@ -190,6 +190,9 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         """Put timers and futures on ``loop`` from now on: asking asyncio for the running
         loop costs a ``getpid`` syscall, once per held poll."""
         self._loop = loop
+
+    def is_online(self, name: str) -> bool:
+        return RemoteChanges.is_online(self, name)
 
     def cursor(self) -> int:
         return (self.boot << SEQ_BITS) | self._seq
@@ -325,15 +328,15 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
                     "message": "id must be an integer or a string of at most 64 characters",
                 }
             base["id"] = rid
-        handler = self._handlers.get(purpose)
+        handler = HANDLERS.get(purpose)
         try:
             if handler is None:
                 raise ChatError("unknown_purpose", f"unknown purpose {purpose!r}")
             if session.username is None and purpose not in ALLOWED_BEFORE_LOGIN:
                 raise ChatError("not_logged_in", "log in first")
             result = handler(self, session, req, base)
-        except BadRequest as exc:
-            return {**base, "ok": False, "error": "bad_request", "message": str(exc)}
+        except BadRequest as bad:
+            return {**base, "ok": False, "error": "bad_request", "message": str(bad)}
         except ChatError as exc:
             return {**base, "ok": False, "error": exc.code, "message": exc.message}
         if result is None or isinstance(result, asyncio.Future):
@@ -341,7 +344,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         return {**base, "ok": True, **result}
 
     # -- login, resume, exit ----------------------------------------------------
-    def _resume(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _resume(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         if session.username is not None:
             raise BadRequest("already logged in; resume on a new connection")
         token = get_str(req, "token", max_len=256)
@@ -392,8 +395,8 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
                 reply.set_result({**base, "ok": True, **then()})
             except ChatError as exc:
                 reply.set_result({**base, "ok": False, "error": exc.code, "message": exc.message})
-            except BadRequest as exc:
-                reply.set_result({**base, "ok": False, "error": "bad_request", "message": str(exc)})
+            except BadRequest as bad:
+                reply.set_result({**base, "ok": False, "error": "bad_request", "message": str(bad)})
 
         task.add_done_callback(done)
         return reply
@@ -453,7 +456,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
                 if s.held is not None:
                     self._answer_held(s)  # answers only if something is new for it
 
-    def _exit(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _exit(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         if session.token is not None:
             self.tokens.revoke(session.token)
         session.exited = True
@@ -484,10 +487,10 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
                     self._broadcast_presence(name, False)
         log.info("%s left (session %d)", name, session.id)
 
-    def _ping(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _ping(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         return {}
 
-    def _users(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _users(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         self.users.refresh()
         # The cursor pairs the list with an event position: the list reflects
         # every event up to it, so a client reloading polls on from there.
@@ -609,7 +612,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         if self.history.needs_compaction():
             self.history.compact_in_background(self.snapshot)
 
-    def _history(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _history(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         kind, target = self._target(session, req, "with")
         before = get_int(req, "before", required=False)
         limit = get_int(req, "limit", required=False, lo=1, hi=HISTORY_MAX_LIMIT)
@@ -633,7 +636,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
             k -= 1
         return {"messages": conv.messages[k:end], "has_more": k > 0}
 
-    def _read(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _read(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         user: str = session.username  # type: ignore[assignment]
         kind, target = self._target(session, req, "with")
         up_to = get_int(req, "up_to", lo=0)
@@ -785,24 +788,6 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         if session.stream_wait is not None:
             self._hold(session, base)  # the empty reply was the stream's keepalive
 
-    _handlers: dict[str, Callable[..., Any]] = {
-        "login": PasswordLogin._login,
-        "resume": _resume,
-        "exit": _exit,
-        "ping": _ping,
-        "users": _users,
-        "send_message": _send_message,
-        "history": _history,
-        "read": _read,
-        "poll": _poll,
-        "rooms": RoomRules._rooms_purpose,
-        "create_room": RoomRules._create_room,
-        "join_room": RoomRules._join_room,
-        "leave_room": RoomRules._leave_room,
-        "add_member": RoomRules._add_member,
-        "room_members": RoomRules._room_members,
-    }
-
     # -- lifecycle ----------------------------------------------------------------------
     def close(self) -> None:
         """Clean shutdown: compact into history.json and close the journal."""
@@ -819,3 +804,23 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
             self.history.compact_now(self.snapshot())
         finally:
             self.history.close()
+
+
+# Built after the class: mypyc does not allow method references in a class body.
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "login": PasswordLogin._login,
+    "resume": ChatService._resume,
+    "exit": ChatService._exit,
+    "ping": ChatService._ping,
+    "users": ChatService._users,
+    "send_message": ChatService._send_message,
+    "history": ChatService._history,
+    "read": ChatService._read,
+    "poll": ChatService._poll,
+    "rooms": RoomRules._rooms_purpose,
+    "create_room": RoomRules._create_room,
+    "join_room": RoomRules._join_room,
+    "leave_room": RoomRules._leave_room,
+    "add_member": RoomRules._add_member,
+    "room_members": RoomRules._room_members,
+}

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import trait
+
 from .limits import HashGate, LoginThrottle
 from .session import ChatError, Session
 from .tokens import TokenStore
@@ -22,6 +24,7 @@ from .validation import BadRequest, get_str
 log = logging.getLogger(__name__)
 
 
+@trait
 class PasswordLogin:
     """``login``: judged by the throttle and argon2, spaced by the hash gate."""
 
@@ -30,9 +33,15 @@ class PasswordLogin:
     throttle: LoginThrottle
     hash_gate: HashGate
     clock: Callable[[], float]
-    loop: Callable[[], asyncio.AbstractEventLoop]
-    _start_session: Callable[[Session, str, str], dict[str, Any]]
-    _check_sessions: Callable[[str], None]
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
+
+    def _start_session(self, session: Session, name: str, token: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _check_sessions(self, name: str) -> None:
+        raise NotImplementedError
 
     def _login(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         if session.username is not None:

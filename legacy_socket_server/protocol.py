@@ -184,8 +184,10 @@ def decode_data(data: bytes | bytearray) -> dict[str, Any]:
 def _decode_slowly(data: bytes | bytearray) -> Any:
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("bad_request", f"packet is not valid UTF-8: {exc.reason}") from None
+    except UnicodeDecodeError as bad_utf8:
+        raise ProtocolError(
+            "bad_request", f"packet is not valid UTF-8: {bad_utf8.reason}"
+        ) from None
     try:
         obj = _DECODER.decode(text)
     except RecursionError:
@@ -233,12 +235,12 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[dict[str, Any] | ProtocolError]:
         if self._dead is not None:
             raise self._dead
-        buf = self._buf
+        buf: bytes | bytearray = self._buf
         if buf:
             buf += data
         else:
             # Nothing held: parse ``data`` where it is (the common case: whole packets).
-            buf = data  # type: ignore[assignment]
+            buf = data
         out: list[dict[str, Any] | ProtocolError] = []
         pos = 0
         end = len(buf)
@@ -288,5 +290,5 @@ class FrameDecoder:
             if pos < end:
                 self._buf += data[pos:]
         elif pos:
-            del buf[:pos]
+            del self._buf[:pos]  # buf is self._buf here
         return out

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from mypy_extensions import trait
+
 from .rooms import Room
 from .session import Session
 from .storage_files import StorageUnavailable
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 PRESENCE_RETRY = 1.0
 
 
+@trait
 class RemoteChanges:
     """Applying other cores' records; presence shared between cores."""
 
@@ -46,11 +49,21 @@ class RemoteChanges:
     _markers: dict[str, dict[str, int]]
     _room_markers: dict[str, dict[str, int]]
     _enrolled: set[str]
-    _add_message: Callable[[dict[str, Any]], None]
-    _emit: Callable[..., None]
-    _apply_member: Callable[..., None]
-    _broadcast_presence: Callable[[str, bool], None]
-    room_view: Callable[[str, Room], dict[str, Any]]
+
+    def _add_message(self, msg: dict[str, Any], skip: int = 0) -> None:
+        raise NotImplementedError
+
+    def _emit(self, user: str, event: dict[str, Any], skip: int = 0) -> None:
+        raise NotImplementedError
+
+    def _apply_member(self, room: Room, user: str, joined: bool, marker: int = 0) -> None:
+        raise NotImplementedError
+
+    def _broadcast_presence(self, name: str, online: bool) -> None:
+        raise NotImplementedError
+
+    def room_view(self, user: str, room: Room) -> dict[str, Any]:
+        raise NotImplementedError
 
     #: user -> the other cores they are logged in on (empty with one core).
     _remote_online: dict[str, set[int]]
@@ -58,7 +71,9 @@ class RemoteChanges:
     _shares_presence: bool
     _core_id: int
     _presence_repair: asyncio.TimerHandle | None
-    loop: Callable[[], asyncio.AbstractEventLoop]
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
 
     def _init_remote(self, history: Any) -> None:
         accounts = getattr(history, "accounts", None)

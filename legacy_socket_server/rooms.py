@@ -22,6 +22,8 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from mypy_extensions import trait
+
 from .conversations import ConversationIndex
 from .session import ChatError, Session
 from .storage_files import StorageUnavailable
@@ -108,6 +110,7 @@ class Room:
         return total, (len(hits) - bisect_right(hits, marker)) if hits else 0
 
 
+@trait
 class RoomRules:
     """The room purposes and the room side of messages, history and read markers."""
 
@@ -119,13 +122,28 @@ class RoomRules:
     _room_markers: dict[str, dict[str, int]]
     _enrolled: set[str]
     _online: dict[str, set[Session]]
-    _emit: Callable[..., None]
-    _emit_many: Callable[..., None]
-    _maybe_compact: Callable[[], None]
-    _commit_then: Callable[..., Any]
+
+    def _emit(self, user: str, event: dict[str, Any], skip: int = 0) -> None:
+        raise NotImplementedError
+
+    def _emit_many(self, users: Any, event: dict[str, Any], skip: int = 0) -> None:
+        raise NotImplementedError
+
+    def _maybe_compact(self) -> None:
+        raise NotImplementedError
+
+    def _commit_then(
+        self, commit: Any, base: dict[str, Any], apply: Callable[[], dict[str, Any]]
+    ) -> Any:
+        raise NotImplementedError
+
     commit_first: bool
-    cursor: Callable[[], int]
-    is_online: Callable[[str], bool]
+
+    def cursor(self) -> int:
+        raise NotImplementedError
+
+    def is_online(self, name: str) -> bool:
+        raise NotImplementedError
 
     # -- state ---------------------------------------------------------------------
     def _load_rooms(self, state: HistoryState) -> None:
@@ -274,7 +292,7 @@ class RoomRules:
         return room
 
     # -- purposes ------------------------------------------------------------------------
-    def _rooms_purpose(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _rooms_purpose(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         self.users.refresh()
         return {"rooms": self.room_list(session.username), "cursor": self.cursor()}  # type: ignore[arg-type]
 
@@ -349,10 +367,11 @@ class RoomRules:
             return {}
         return self._change_member(room, other, True, base, dict)
 
-    def _room_members(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> dict:
+    def _room_members(self, session: Session, req: dict[str, Any], base: dict[str, Any]) -> Any:
         room = self._room(session, req)
         return {
             "members": [{"username": n, "online": self.is_online(n)} for n in sorted(room.members)]
         }
 
-    _take_send_token: Callable[[str], None]
+    def _take_send_token(self, user: str) -> None:
+        raise NotImplementedError

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import native
 from .addresses import IPNetwork, client_address, is_trusted, parse_networks
 from .chat import MAX_SESSIONS_PER_USER, ChatService, Session
 from .datadir import prepare as prepare_data_dir
@@ -432,7 +433,7 @@ class CoreServer:
             except BaseException:
                 files.close()
                 raise
-            self._dir_lock, files = files, None
+            self._dir_lock = files
         users: UserStore
         tokens: TokenStore
         if history is not None:
@@ -443,7 +444,7 @@ class CoreServer:
             tokens = TokenStore(data_dir, fsync=config.fsync == "always")
         self.service = ChatService(
             users,
-            history or files,  # type: ignore[arg-type]
+            history if history is not None else files,  # type: ignore[arg-type]
             tokens,
             max_frame_bytes=config.max_frame_bytes,
             send_burst=config.send_burst,
@@ -522,13 +523,15 @@ class CoreServer:
             if self._dir_lock is not None:
                 self._dir_lock.close()
             raise
-        self.port = self._server.sockets[0].getsockname()[1]
+        sockets: Any = getattr(self._server, "sockets")  # noqa: B009 uvloop: a list, typeshed: a tuple (mypyc checks)
+        self.port = sockets[0].getsockname()[1]
         log.info(
-            "chat core listening on %s:%d (data in %s, fsync %s)",
+            "chat core listening on %s:%d (data in %s, fsync %s; modules %s)",
             config.host,
             self.port,
             Path(config.data_dir).resolve(),
             config.fsync,
+            native.status,
         )
         if self.tls is not None:
             log.info(
@@ -559,7 +562,8 @@ class CoreServer:
             ssl_handshake_timeout=tls.handshake_timeout,
             backlog=4096,
         )
-        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        tls_sockets: Any = getattr(self._tls_server, "sockets")  # noqa: B009
+        self.tls_port = tls_sockets[0].getsockname()[1]
         self.tls = CertificateReloader(ctx, files)
         self.tls.start()
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Session:
     """One connection's state. ``send`` delivers out-of-order (held poll) replies."""
 
-    _ids = itertools.count(1)
+    _ids: ClassVar[itertools.count[int]] = itertools.count(1)
 
     def __init__(
         self,

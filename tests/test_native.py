@@ -1,0 +1,109 @@
+"""The compiled core modules (legacy_socket_server/native.py): used only while they match
+their sources, all or none, and the Python modules they are compiled from pass the core's
+suites too (the whole suite runs on whichever build is in use, compiled under CI)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from legacy_socket_server import native
+
+ROOT = Path(__file__).resolve().parent.parent
+EXT = native._EXT
+PROBE = (
+    "import legacy_socket_server.chat, legacy_socket_server.protocol, legacy_socket_server.store\n"
+    "for m in ('chat', 'protocol', 'store'):\n"
+    "    print(getattr(legacy_socket_server, m).__file__)\n"
+)
+
+
+def require_build() -> None:
+    state = native.check()
+    if not state.active:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI tests the compiled core (make builds it): {state}")
+        pytest.skip(f"the core is not compiled here: {state}")
+
+
+def loaded_from(where: Path, **env: str) -> tuple[list[str], str]:
+    """The files three compiled modules load from, in a fresh process run in ``where``."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=where,
+        env={**os.environ, native.PURE_ENV: "", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split(), done.stderr
+
+
+def copy_of_the_package(tmp: Path) -> Path:
+    shutil.copytree(
+        native.PACKAGE_DIR,
+        tmp / "legacy_socket_server",
+        ignore=shutil.ignore_patterns("__pycache__", "desktop"),
+    )
+    return tmp / "legacy_socket_server"
+
+
+def test_the_compiled_modules_are_in_use() -> None:
+    require_build()
+    files, warnings = loaded_from(ROOT)
+    assert all(f.endswith(EXT) for f in files), files
+    assert warnings == ""
+    assert native.status.active  # this process too: the suite tests what runs
+
+
+def test_a_build_older_than_its_sources_is_not_used(tmp_path: Path) -> None:
+    require_build()
+    package = copy_of_the_package(tmp_path)
+    files, _ = loaded_from(tmp_path)
+    # (mypyc's modules after the first report a __file__ with the package twice in it.)
+    assert all(f.startswith(str(package)) and f.endswith(EXT) for f in files), files
+    chat = package / "chat.py"
+    chat.write_text(chat.read_text() + "\n# edited after the build\n")
+    files, warnings = loaded_from(tmp_path)
+    # All from source, not only the edited one: compiled classes inherit from each other.
+    assert files == [str(package / f"{m}.py") for m in ("chat", "protocol", "store")]
+    assert "the sources changed since the build" in warnings
+
+
+def test_an_incomplete_build_is_not_used(tmp_path: Path) -> None:
+    require_build()
+    package = copy_of_the_package(tmp_path)
+    (package / f"events{EXT}").unlink()
+    files, warnings = loaded_from(tmp_path)
+    assert all(f.endswith(".py") for f in files), files
+    assert "incomplete" in warnings
+
+
+def test_python_modules_on_request(tmp_path: Path) -> None:
+    require_build()
+    files, warnings = loaded_from(ROOT, **{native.PURE_ENV: "1"})
+    assert all(f.endswith(".py") for f in files), files
+    assert warnings == ""  # asked for: nothing to warn about
+
+
+def test_the_python_modules_pass_the_core_suites() -> None:
+    """Under CI the suite runs compiled; the modules' Python source, which a machine
+    without a compiler runs, is held to the same rules and wire contract."""
+    require_build()
+    suites = ["test_protocol.py", "test_service.py", "test_service_sessions.py", "test_rooms.py"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *suites],
+        cwd=ROOT / "tests",
+        env={**os.environ, native.PURE_ENV: "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
