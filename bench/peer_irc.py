@@ -21,6 +21,7 @@ up for the whole run (the core's history grows run after run).
     python bench/peer_irc.py --pairs 50 --seconds 10 --rounds 3
     python bench/peer_irc.py --only core --core-args="--fsync always"
     python bench/peer_irc.py --pairs 50 --rounds 3 --router   # + bench/baseline_router.py
+    python bench/peer_irc.py --python-core    # + the core on its Python modules (not compiled)
 
 ngircd runs in the foreground from a config generated in a temp dir (127.0.0.1, a free
 port, penalties and connection limits off); the core runs as ``server.py --send-rate 0``.
@@ -34,6 +35,7 @@ import asyncio
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -289,7 +291,7 @@ def make_clients(
             if server == "ngircd":
                 factory = partial(IrcClient, me, peer, pair, meter, ready)
             else:  # the router takes the name itself for a token
-                token = tokens[me] if server == "core" else me
+                token = me if server == "router" else tokens[me]
                 factory = partial(CoreClient, me, peer, token, pair, meter, ready)
             out.append((factory, ready))
     return out
@@ -358,10 +360,15 @@ def start_ngircd(tmp: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
     return start_process(pinned([NGIRCD, "-n", "-f", str(conf)], cpu), pattern)
 
 
-def start_core(data_dir: Path, extra: list[str], cpu: int | None) -> tuple[subprocess.Popen, int]:
+def start_core(
+    data_dir: Path, extra: list[str], cpu: int | None, python: bool = False
+) -> tuple[subprocess.Popen, int]:
+    """The core from this tree: its compiled build if current, or (``python``) its Python
+    modules (legacy_socket_server/native.py)."""
     args = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", "0"]
     args += ["--data-dir", str(data_dir), "--send-rate", "0", *extra]
-    return start_process(pinned(args, cpu))
+    env = {**os.environ, "TEAMCHAT_PURE_PYTHON": "1" if python else ""}
+    return start_process(pinned(args, cpu), env=env)
 
 
 def start_router(cpu: int | None) -> tuple[subprocess.Popen, int]:
@@ -430,7 +437,7 @@ def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     medians: dict[tuple[str, int], Result] = {}
     for n in pairs_list:
-        for server in ("ngircd", "core", "router"):
+        for server in ("ngircd", "core", "core-py", "router"):
             rs = [r for r in results if r.server == server and r.pairs == n]
             for i, r in enumerate(rs, 1):
                 print(row(f"{server} #{i}" if rounds > 1 else server, r))
@@ -439,7 +446,7 @@ def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
                 if rounds > 1:
                     print(row(f"{server} median", medians[server, n]))
     print("\nCPU columns: CPU-seconds per second of the window (1.00 = one CPU busy).")
-    for n, server in ((n, s) for n in pairs_list for s in ("core", "router")):
+    for n, server in ((n, s) for n in pairs_list for s in ("core", "core-py", "router")):
         if (server, n) in medians and ("ngircd", n) in medians:
             c, i = medians[server, n], medians["ngircd", n]
             print(
@@ -461,9 +468,16 @@ def main() -> None:
         action="store_true",
         help="also run bench/baseline_router.py (no rules, no journal): Python's ceiling",
     )
+    ap.add_argument(
+        "--python-core",
+        action="store_true",
+        help="also run the core on its Python modules (core-py), beside the compiled build",
+    )
     ap.add_argument("--core-args", default="", help='e.g. --core-args="--fsync always"')
     args = ap.parse_args()
     servers = {"core": ["core"], "ircd": ["ngircd"], None: ["ngircd", "core"]}[args.only]
+    if args.python_core:
+        servers.append("core-py")
     if args.router:
         servers.append("router")
     server_cpu = pin_self()
@@ -482,12 +496,15 @@ def main() -> None:
         tmp = Path(tmp_name)
         saved_tempdir, tempfile.tempdir = tempfile.tempdir, tmp_name  # server logs go in tmp
         try:
-            tokens = make_data_dir(tmp / "core", n_clients) if "core" in servers else {}
+            cores = [s for s in servers if s.startswith("core")]
+            tokens = make_data_dir(tmp / "core", n_clients) if cores else {}
             if "ngircd" in servers:
                 procs["ngircd"] = start_ngircd(tmp / "ngircd", server_cpu)
-            if "core" in servers:
+            for core in cores[1:]:  # one data dir each, with the same users and tokens
+                shutil.copytree(tmp / "core", tmp / core)
+            for core in cores:
                 extra = shlex.split(args.core_args)
-                procs["core"] = start_core(tmp / "core", extra, server_cpu)
+                procs[core] = start_core(tmp / core, extra, server_cpu, python=core == "core-py")
             if "router" in servers:
                 procs["router"] = start_router(server_cpu)
             for n in args.pairs:
