@@ -52,6 +52,8 @@ FORMAT_VERSION = 1
 #: auto-aof-rewrite-percentage 100), and never for less than this, so the
 #: total cost of compaction stays proportional to what was appended.
 MIN_COMPACT_BYTES = 16 * 1024 * 1024
+#: How much the compacting child yields to the core when they share a CPU (nice(2)).
+COMPACTION_NICENESS = 10
 FSYNC_MODES = ("always", "everysec")
 FSYNC_INTERVAL = 1.0
 
@@ -506,6 +508,9 @@ class HistoryStore:
         if pid == 0:  # child: write and leave without touching the parent's loop
             code = 1
             try:
+                # Behind the core on a shared CPU: a compaction of millions of messages
+                # takes seconds of CPU, which must not halve the chat's for that long.
+                os.nice(COMPACTION_NICENESS)
                 write_snapshot(self.snapshot_path, snapshot())
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - report, then _exit

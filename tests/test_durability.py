@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -263,6 +264,31 @@ async def test_fsync_always(tmp_path: Path) -> None:
         await b.close()
     finally:
         core.stop()
+
+
+async def test_compaction_yields_the_cpu_to_the_core(
+    start_core: StartCore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compacting child lowers its priority: on a CPU it shares with the core it takes
+    what the core leaves, not half (docs/performance.md#core-efficiency)."""
+    seen = tmp_path / "niceness"
+    real_nice = os.nice
+
+    def recording_nice(increment: int) -> int:  # runs in the child
+        seen.write_text(f"{increment} {os.getpid()}")
+        return real_nice(increment)
+
+    monkeypatch.setattr(os, "nice", recording_nice)
+    server = await start_core(tmp_path / "data", min_compact_bytes=1000)
+    c = await RawClient.to(server)
+    await c.login("Alice")
+    for i in range(40):
+        await c.call("send_message", to="Bob", text=f"message {i} " + "z" * 40)
+    await until(seen.exists, what="a compaction to start")
+    increment, pid = map(int, seen.read_text().split())
+    assert increment >= 10 and pid != os.getpid()
+    await c.close()
+    await server.stop()
 
 
 async def test_background_compaction(start_core: StartCore, tmp_path: Path) -> None:
