@@ -6,10 +6,17 @@
 # --- build: turn the source into a wheel (nothing of this stage reaches the image) -----------
 FROM python:3.11-slim AS build
 WORKDIR /src
+# gcc and mypy compile the core's request path into the wheel (legacy_socket_server/native.py).
+# Should that fail, the wheel holds the Python modules alone: the same core, slower.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* \
+    && pip install --no-cache-dir "mypy>=1.11" "mypy_extensions>=1.0"
 COPY pyproject.toml README.md ./
 COPY legacy_socket_server ./legacy_socket_server
 COPY app ./app
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+RUN (python -m legacy_socket_server.native_build || echo "not compiled: the Python modules run") \
+    && pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM python:3.11-slim
@@ -20,7 +27,8 @@ ENV PYTHONUNBUFFERED=1 \
     CHAT_DATA_DIR=/data
 
 # The wheel is bind-mounted, not copied, so no layer keeps it. Every dependency has a binary
-# wheel for this Python, so no compiler is installed; setuptools/wheel are only build tools.
+# wheel for this Python and the core's compiled modules come in ours, so no compiler is
+# installed here; setuptools/wheel are only build tools.
 # /data is created owned by the runtime user: Docker copies that ownership into an empty named
 # volume on its first mount, so the non-root core can write its files there.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \

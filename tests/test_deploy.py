@@ -517,8 +517,16 @@ def test_dockerfile_agrees_with_pyproject() -> None:
         for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     }
     assert {"pyproject.toml", readme} | packages <= copied, copied
-    (wheel,) = build.all("RUN")
+    *tools, build_run = build.all("RUN")
+    # The core's hot modules compiled first (legacy_socket_server/native.py), a failure there
+    # leaving the Python modules; then the wheel, with them in it.
+    native, wheel = (part.strip() for part in build_run.split("&&"))
+    assert native.startswith("(python -m legacy_socket_server.native_build ||"), native
+    assert any("gcc" in r and "mypy" in r for r in tools), "a compiler and mypy to compile"
     assert re.fullmatch(r"pip wheel --no-cache-dir --no-deps --wheel-dir (\S+) \.", wheel), wheel
+    assert {"*.so", "_native.json"} <= set(
+        PYPROJECT["tool"]["setuptools"]["package-data"]["legacy_socket_server"]
+    ), "the wheel carries the compiled modules and their manifest"
     wheel_dir = wheel.split()[-2]
     (install,) = [r for r in final.all("RUN") if "pip install" in r]
     pip_args = shlex.split(install.split("pip install", 1)[1].split("&&")[0])
@@ -609,7 +617,10 @@ def test_build_context_holds_the_code_and_no_local_state(tmp_path: Path) -> None
         for glob in globs:
             in_repo = sorted(p.name for p in (ROOT / package).glob(glob) if p.is_file())
             in_ctx = sorted(p.name for p in (ctx / package).glob(glob) if p.is_file())
-            assert in_ctx == [n for n in in_repo if not fnmatch.fnmatch(n, "*.py[cod]")], glob
+            # Bytecode and a local build of the compiled modules stay out: the image builds its own.
+            local = ("*.py[cod]", "*.so", "_native.json")
+            expected = [n for n in in_repo if not any(fnmatch.fnmatch(n, g) for g in local)]
+            assert in_ctx == expected, glob
     # The code the services run imports from the context alone (no file outside it needed).
     probe = """if True:
         import importlib, importlib.util, pkgutil, app, legacy_socket_server as core
