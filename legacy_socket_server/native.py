@@ -1,17 +1,20 @@
 """The core's request path compiled with mypyc, used only while it matches its sources.
 
 ``python -m legacy_socket_server.native_build`` compiles :data:`MODULES` (codec, event
-logs, chat rules, server) into C extensions next to their sources and writes a manifest
-of the sources' SHA-256 (``_native.json``). ``make run`` and ``make test`` build them; a
+logs, chat rules, server) into C extensions in ``_compiled/`` with a manifest of the
+package's sources' SHA-256. ``make run`` and ``make test`` build them; a
 machine without a C compiler runs the same modules as Python. The Python source is the
 reference: the extensions are that code compiled, about 1.4x fewer CPU-seconds per
 message (docs/performance.md#core-efficiency).
 
-Python imports an extension before a ``.py`` of the same name, so an extension built
-from older sources would silently run old code. :func:`activate` (called when the package
-is imported, before any of these modules) therefore compares the manifest with the
-sources: if any changed since the build, or ``TEAMCHAT_PURE_PYTHON=1`` is set, every one of
-them loads from its ``.py`` (all or none: compiled classes inherit from each other).
+An extension built from other sources than those beside it would run old code silently,
+so the extensions live in a directory Python does not search: :func:`activate` (called
+when the package is imported, before any of these modules) compares the manifest with
+every source of the package (the compiled code also relies on the types of the modules it
+calls) and only then puts ``_compiled/`` first on the package's path. A source changed
+since the build, a file missing, a library that does not load here, or
+``TEAMCHAT_PURE_PYTHON=1``: every module loads from its ``.py`` (all or none: compiled
+classes inherit from each other), and an old checkout never sees the directory.
 
     python -m legacy_socket_server.native_build           # compile (needs gcc and mypy)
     python -m legacy_socket_server.native_build status    # which build runs, and why
@@ -26,6 +29,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -35,7 +39,8 @@ from typing import Any
 
 PACKAGE = __name__.rpartition(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parent
-MANIFEST = PACKAGE_DIR / "_native.json"
+COMPILED_DIR = PACKAGE_DIR / "_compiled"
+MANIFEST = COMPILED_DIR / "manifest.json"
 #: Every request runs through these; the rest (storage in PostgreSQL, CLIs, TLS, the
 #: desktop client) is not worth a compiler.
 MODULES = (
@@ -71,23 +76,36 @@ class Status:
 
 
 def sources() -> dict[str, Path]:
+    """The modules compiled."""
     return {name: PACKAGE_DIR / f"{name}.py" for name in MODULES}
 
 
 def _digests() -> dict[str, str]:
-    return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in sources().items()}
+    # Every module of the package, not only the compiled ones: their code was compiled
+    # against the types of the others (a list where a tuple now comes is a TypeError).
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(_package_sources())}
 
 
-def _group_libraries() -> list[Path]:
+def _package_sources() -> list[Path]:
+    return list(PACKAGE_DIR.glob("*.py"))
+
+
+def _group_libraries(where: Path = COMPILED_DIR) -> list[Path]:
     # mypyc puts the code of every module in one library, a top-level module named after a
-    # hash of the module list; the build moves it in here and activate() loads it by path.
-    return sorted(PACKAGE_DIR.glob(f"*__mypyc{_EXT}"))
+    # hash of the module list; activate() loads it by path.
+    return sorted(where.glob(f"*__mypyc{_EXT}"))
 
 
-def extensions() -> list[Path]:
+def extensions(where: Path = COMPILED_DIR) -> list[Path]:
     """The compiled files present for this Python (modules and the group library)."""
-    modules = [p for p in (PACKAGE_DIR / f"{n}{_EXT}" for n in MODULES) if p.exists()]
-    return modules + _group_libraries()
+    modules = [p for p in (where / f"{n}{_EXT}" for n in MODULES) if p.exists()]
+    return modules + _group_libraries(where)
+
+
+def _strays() -> list[Path]:
+    # Extensions beside the sources (a build of commit 3e5c081): Python would take them
+    # before the .py files, whatever the manifest says.
+    return sorted(PACKAGE_DIR.glob(f"*{_EXT}"))
 
 
 def check() -> Status:
@@ -97,21 +115,21 @@ def check() -> Status:
     present = extensions()
     if not present:
         return Status(False, "not built (python -m legacy_socket_server.native_build)")
-    if len(present) != len(MODULES) + 1:
-        return Status(False, "the build is incomplete; build it again")
     try:
         manifest = json.loads(MANIFEST.read_text())
     except (OSError, ValueError):
-        return Status(False, f"{MANIFEST.name} is missing or unreadable; build it again")
-    if manifest.get("ext_suffix") != _EXT or manifest.get("modules") != _digests():
-        return Status(False, "the sources changed since the build; build it again")
-    if [p.name for p in _group_libraries()] != [manifest.get("group")]:
         return Status(False, "the build is incomplete; build it again")
+    if len(present) != len(MODULES) + 1 or [p.name for p in _group_libraries()] != [
+        manifest.get("group")
+    ]:
+        return Status(False, "the build is incomplete; build it again")
+    if manifest.get("ext_suffix") != _EXT or manifest.get("sources") != _digests():
+        return Status(False, "the sources changed since the build; build it again")
     return Status(True, "built from these sources")
 
 
 class _FromSource(importlib.abc.MetaPathFinder):
-    """Loads the compiled modules from their ``.py``, ahead of the extensions."""
+    """Loads the compiled modules from their ``.py``, ahead of stray extensions."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         package, _, name = fullname.rpartition(".")
@@ -129,18 +147,25 @@ def activate() -> Status:
     """Decide once per process, before any of :data:`MODULES` is imported."""
     global status
     status = check()
-    if status.active:
-        _load_group(_group_libraries()[0])
-    elif extensions() and not any(isinstance(f, _FromSource) for f in sys.meta_path):
+    if _strays() and not any(isinstance(f, _FromSource) for f in sys.meta_path):
         sys.meta_path.insert(0, _FromSource())
-        if os.environ.get(PURE_ENV, "") in ("", "0"):
-            print(f"{PACKAGE}: {status}; running the Python modules", file=sys.stderr)
+        print(f"{PACKAGE}: old compiled files beside the sources are ignored", file=sys.stderr)
+    if status.active:
+        try:
+            _load_group(_group_libraries()[0])
+        except (ImportError, OSError) as exc:  # built for another system, damaged
+            status = Status(False, f"the compiled modules do not load here ({exc})")
+        else:
+            sys.modules[PACKAGE].__path__.insert(0, str(COMPILED_DIR))
+            return status
+    if extensions() and os.environ.get(PURE_ENV, "") in ("", "0"):
+        print(f"{PACKAGE}: {status}; running the Python modules", file=sys.stderr)
     return status
 
 
 def _load_group(path: Path) -> None:
     """Put the group library in ``sys.modules`` under its own name: the modules' shims
-    import it by that name, and it lives here rather than on ``sys.path``."""
+    import it by that name, and it lives in ``_compiled/`` rather than on ``sys.path``."""
     name = path.name[: -len(_EXT)]
     if name in sys.modules:
         return
@@ -149,51 +174,69 @@ def _load_group(path: Path) -> None:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    loader.exec_module(module)
+    try:
+        loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 def clean() -> None:
-    for path in extensions():
-        path.unlink()
-    MANIFEST.unlink(missing_ok=True)
+    shutil.rmtree(COMPILED_DIR, ignore_errors=True)
+    for stray in _strays():
+        stray.unlink()
+
+
+_SETUP = """import sys
+from setuptools import setup
+from mypyc.build import mypycify
+setup(name="chat-core-native", script_args=["build_ext", "--inplace", "--build-temp", sys.argv[1]],
+      ext_modules=mypycify(["--ignore-missing-imports", "--follow-imports=silent", *sys.argv[2:]],
+                           opt_level="3", target_dir=sys.argv[1]))
+"""
 
 
 def build() -> int:
-    """Compile :data:`MODULES` in place; 0 on success (the manifest is written last)."""
-    clean()
-    root = PACKAGE_DIR.parent
-    files = [str(p.relative_to(root)) for p in sources().values()]
+    """Compile :data:`MODULES` into ``_compiled/``; 0 on success.
+
+    Compiled in a copy of the package's sources in a temp dir (nothing is written beside
+    the sources, or beside the package: in site-packages other projects' libraries live
+    there), then put in place with one rename, the manifest already inside.
+    """
     digests = _digests()
-    with tempfile.TemporaryDirectory(prefix="mypyc-") as tmp:
-        script = (
-            "import sys\n"
-            "from setuptools import setup\n"
-            "from mypyc.build import mypycify\n"
-            "setup(name='chat-core-native', script_args=['build_ext', '--inplace',\n"
-            "      '--build-temp', sys.argv[1]],\n"
-            "      ext_modules=mypycify(['--ignore-missing-imports', '--follow-imports=silent',\n"
-            "                            *sys.argv[2:]], opt_level='3',\n"
-            "                           target_dir=sys.argv[1]))\n"
-        )
-        for stray in root.glob(f"*__mypyc{_EXT}"):  # an interrupted build's
-            stray.unlink()
+    with tempfile.TemporaryDirectory(prefix="mypyc-") as tmp_name:
+        tmp = Path(tmp_name)
+        src = tmp / "src" / PACKAGE
+        src.mkdir(parents=True)
+        for path in _package_sources():
+            shutil.copy2(path, src / path.name)
+        files = [f"{PACKAGE}/{name}.py" for name in MODULES]
         done = subprocess.run(
-            [sys.executable, "-c", script, tmp, *files],
-            cwd=root,
+            [sys.executable, "-c", _SETUP, str(tmp / "build"), *files],
+            cwd=tmp / "src",
             capture_output=True,
             text=True,
         )
-    if done.returncode != 0:
-        print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
-        clean()
-        return done.returncode
-    groups = list(root.glob(f"*__mypyc{_EXT}"))
-    for group in groups:
-        group.replace(PACKAGE_DIR / group.name)
-    if len(groups) != 1 or _digests() != digests:  # edited while it compiled: the old text
-        clean()
-        print("the sources changed during the build; build it again", file=sys.stderr)
-        return 1
-    manifest = {"ext_suffix": _EXT, "group": groups[0].name, "modules": digests}
-    MANIFEST.write_text(json.dumps(manifest, indent=1) + "\n")
+        if done.returncode != 0:
+            print(done.stdout[-4000:], done.stderr[-4000:], sep="\n", file=sys.stderr)
+            return done.returncode or 1
+        staged = tmp / "src" / "_compiled"
+        staged.mkdir()
+        for path in [*extensions(src), *_group_libraries(tmp / "src")]:
+            path.replace(staged / path.name)
+        groups = _group_libraries(staged)
+        if len(extensions(staged)) != len(MODULES) + 1 or len(groups) != 1:
+            print("the build made other files than expected", file=sys.stderr)
+            return 1
+        if _digests() != digests:
+            print("the sources changed during the build; build it again", file=sys.stderr)
+            return 1
+        manifest = {"ext_suffix": _EXT, "group": groups[0].name, "sources": digests}
+        (staged / MANIFEST.name).write_text(json.dumps(manifest, indent=1) + "\n")
+        # Into the package's directory (maybe another filesystem), then one rename.
+        incoming = PACKAGE_DIR / f"_compiled.new-{os.getpid()}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        shutil.copytree(staged, incoming)
+    clean()
+    incoming.rename(COMPILED_DIR)
     return 0

@@ -524,8 +524,8 @@ def test_dockerfile_agrees_with_pyproject() -> None:
     assert native.startswith("(python -m legacy_socket_server.native_build ||"), native
     assert any("gcc" in r and "mypy" in r for r in tools), "a compiler and mypy to compile"
     assert re.fullmatch(r"pip wheel --no-cache-dir --no-deps --wheel-dir (\S+) \.", wheel), wheel
-    assert {"*.so", "_native.json"} <= set(
-        PYPROJECT["tool"]["setuptools"]["package-data"]["legacy_socket_server"]
+    assert (
+        "_compiled/*" in PYPROJECT["tool"]["setuptools"]["package-data"]["legacy_socket_server"]
     ), "the wheel carries the compiled modules and their manifest"
     wheel_dir = wheel.split()[-2]
     (install,) = [r for r in final.all("RUN") if "pip install" in r]
@@ -618,7 +618,7 @@ def test_build_context_holds_the_code_and_no_local_state(tmp_path: Path) -> None
             in_repo = sorted(p.name for p in (ROOT / package).glob(glob) if p.is_file())
             in_ctx = sorted(p.name for p in (ctx / package).glob(glob) if p.is_file())
             # Bytecode and a local build of the compiled modules stay out: the image builds its own.
-            local = ("*.py[cod]", "*.so", "_native.json")
+            local = ("*.py[cod]", "*.so", "manifest.json")
             expected = [n for n in in_repo if not any(fnmatch.fnmatch(n, g) for g in local)]
             assert in_ctx == expected, glob
     # The code the services run imports from the context alone (no file outside it needed).

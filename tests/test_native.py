@@ -76,10 +76,33 @@ def test_a_build_older_than_its_sources_is_not_used(tmp_path: Path) -> None:
     assert "the sources changed since the build" in warnings
 
 
+def test_a_build_older_than_a_module_it_calls_is_not_used(tmp_path: Path) -> None:
+    """The compiled code relies on the types of the modules it calls (users.py is not
+    compiled): one of them edited, and the compiled build is not used either."""
+    require_build()
+    package = copy_of_the_package(tmp_path)
+    users = package / "users.py"
+    users.write_text(users.read_text() + "\n# edited after the build\n")
+    files, warnings = loaded_from(tmp_path)
+    assert all(f.endswith(".py") for f in files), files
+    assert "the sources changed since the build" in warnings
+
+
+def test_a_library_that_does_not_load_here_is_not_used(tmp_path: Path) -> None:
+    """Built for another system, or damaged: the Python modules run, with the reason."""
+    require_build()
+    package = copy_of_the_package(tmp_path)
+    (group,) = (package / "_compiled").glob(f"*__mypyc{EXT}")
+    group.write_bytes(b"not a shared library")
+    files, warnings = loaded_from(tmp_path)
+    assert all(f.endswith(".py") for f in files), files
+    assert "do not load here" in warnings
+
+
 def test_an_incomplete_build_is_not_used(tmp_path: Path) -> None:
     require_build()
     package = copy_of_the_package(tmp_path)
-    (package / f"events{EXT}").unlink()
+    (package / "_compiled" / f"events{EXT}").unlink()
     files, warnings = loaded_from(tmp_path)
     assert all(f.endswith(".py") for f in files), files
     assert "incomplete" in warnings
