@@ -292,6 +292,9 @@ async def test_rooms_by_keyboard_only(chromium: Any, site: str, tcp: Any) -> Non
     await expect(browse).to_be_hidden()
     await expect(browse_rooms).to_be_focused()
     await page.keyboard.press("Enter")
+    # The list is fetched again when the dialog opens: Enter once its first button has the
+    # focus (a second Enter pressed at once can land before it, under load).
+    await expect(browse.get_by_role("button", name="Join lobby")).to_be_focused()
     await page.keyboard.press("Enter")
     await expect(page.locator("#peer-label")).to_have_text("lobby")
     await expect(message).to_be_focused()
