@@ -54,6 +54,13 @@ def copy_of_the_package(tmp: Path) -> Path:
     return tmp / "legacy_socket_server"
 
 
+def assert_python_modules(where: Path, reason: str) -> None:
+    """A process started in ``where`` runs the Python modules and says why on stderr."""
+    files, warnings = loaded_from(where)
+    assert all(f.endswith(".py") for f in files), files
+    assert reason in warnings
+
+
 def test_the_compiled_modules_are_in_use() -> None:
     require_build()
     files, warnings = loaded_from(ROOT)
@@ -83,9 +90,7 @@ def test_a_build_older_than_a_module_it_calls_is_not_used(tmp_path: Path) -> Non
     package = copy_of_the_package(tmp_path)
     users = package / "users.py"
     users.write_text(users.read_text() + "\n# edited after the build\n")
-    files, warnings = loaded_from(tmp_path)
-    assert all(f.endswith(".py") for f in files), files
-    assert "the sources changed since the build" in warnings
+    assert_python_modules(tmp_path, "the sources changed since the build")
 
 
 def test_a_library_that_does_not_load_here_is_not_used(tmp_path: Path) -> None:
@@ -94,18 +99,14 @@ def test_a_library_that_does_not_load_here_is_not_used(tmp_path: Path) -> None:
     package = copy_of_the_package(tmp_path)
     (group,) = (package / "_compiled").glob(f"*__mypyc{EXT}")
     group.write_bytes(b"not a shared library")
-    files, warnings = loaded_from(tmp_path)
-    assert all(f.endswith(".py") for f in files), files
-    assert "do not load here" in warnings
+    assert_python_modules(tmp_path, "do not load here")
 
 
 def test_an_incomplete_build_is_not_used(tmp_path: Path) -> None:
     require_build()
     package = copy_of_the_package(tmp_path)
     (package / "_compiled" / f"events{EXT}").unlink()
-    files, warnings = loaded_from(tmp_path)
-    assert all(f.endswith(".py") for f in files), files
-    assert "incomplete" in warnings
+    assert_python_modules(tmp_path, "incomplete")
 
 
 def test_python_modules_on_request(tmp_path: Path) -> None:
