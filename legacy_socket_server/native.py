@@ -24,7 +24,6 @@ classes inherit from each other), and an old checkout never sees the directory.
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -35,7 +34,6 @@ import sys
 import sysconfig
 import tempfile
 from pathlib import Path
-from typing import Any
 
 PACKAGE = __name__.rpartition(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -75,11 +73,6 @@ class Status:
         return f"{'compiled (mypyc)' if self.active else 'pure Python'}: {self.reason}"
 
 
-def sources() -> dict[str, Path]:
-    """The modules compiled."""
-    return {name: PACKAGE_DIR / f"{name}.py" for name in MODULES}
-
-
 def _digests() -> dict[str, str]:
     # Every module of the package, not only the compiled ones: their code was compiled
     # against the types of the others (a list where a tuple now comes is a TypeError).
@@ -102,12 +95,6 @@ def extensions(where: Path = COMPILED_DIR) -> list[Path]:
     return modules + _group_libraries(where)
 
 
-def _strays() -> list[Path]:
-    # Extensions beside the sources (a build of commit 3e5c081): Python would take them
-    # before the .py files, whatever the manifest says.
-    return sorted(PACKAGE_DIR.glob(f"*{_EXT}"))
-
-
 def check() -> Status:
     """Whether the extensions may be used: present, complete, built from these sources."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
@@ -128,18 +115,6 @@ def check() -> Status:
     return Status(True, "built from these sources")
 
 
-class _FromSource(importlib.abc.MetaPathFinder):
-    """Loads the compiled modules from their ``.py``, ahead of stray extensions."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        package, _, name = fullname.rpartition(".")
-        if package != PACKAGE or name not in MODULES:
-            return None
-        source = str(PACKAGE_DIR / f"{name}.py")
-        loader = importlib.machinery.SourceFileLoader(fullname, source)
-        return importlib.util.spec_from_file_location(fullname, source, loader=loader)
-
-
 status: Status = Status(False, "not checked yet")
 
 
@@ -147,9 +122,6 @@ def activate() -> Status:
     """Decide once per process, before any of :data:`MODULES` is imported."""
     global status
     status = check()
-    if _strays() and not any(isinstance(f, _FromSource) for f in sys.meta_path):
-        sys.meta_path.insert(0, _FromSource())
-        print(f"{PACKAGE}: old compiled files beside the sources are ignored", file=sys.stderr)
     if status.active:
         try:
             _load_group(_group_libraries()[0])
@@ -183,8 +155,6 @@ def _load_group(path: Path) -> None:
 
 def clean() -> None:
     shutil.rmtree(COMPILED_DIR, ignore_errors=True)
-    for stray in _strays():
-        stray.unlink()
 
 
 _SETUP = """import sys
