@@ -42,11 +42,11 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from legacy_socket_server.client import CoreClient, CoreError, CoreUnavailable
+from legacy_socket_server.heap import Heap
 from legacy_socket_server.tls import ClientTLS
 
 from .buffer import SharedEncodings
 from .forwarding import Forwarding
-from .heap import Heap
 from .limits import (
     MAX_SESSIONS,
     MAX_SESSIONS_PER_ADDRESS,
@@ -266,7 +266,7 @@ class Gateway(Forwarding):
         session.pump = asyncio.create_task(
             self._pump(session, stream), name=f"pump-{session.username}"
         )
-        self._heap.login()
+        self._heap.started()
 
     async def end(self, session: BrowserSession, *, forget_row: bool = True) -> None:
         """Log out of the core (``exit`` ends the token) and forget the session.
@@ -311,7 +311,7 @@ class Gateway(Forwarding):
 
     def socket_closed(self) -> None:
         """A tab's WebSocket ended: its connection's cycles count towards a full collection."""
-        self._heap.socket_closed()
+        self._heap.released()
 
     def _forget(self, session: BrowserSession) -> None:
         session.ended = True

@@ -23,6 +23,7 @@ from . import native
 from .addresses import IPNetwork, client_address, is_trusted, parse_networks
 from .chat import MAX_SESSIONS_PER_USER, ChatService, Session
 from .datadir import prepare as prepare_data_dir
+from .heap import Heap
 from .limits import MIN_SEND_BURST, MIN_SEND_RATE, SEND_BURST, SEND_RATE
 from .pg_accounts import PgTokenStore, PgUserStore
 from .protocol import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, ProtocolError, encode
@@ -110,6 +111,10 @@ class ServerConfig:
     database_url: str | None = None
 
 
+def _gone(reply: dict[str, Any]) -> None:
+    """Where a closed connection's session sends: nowhere (it has no peer left)."""
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: CoreServer) -> None:
         self.server = server
@@ -153,6 +158,7 @@ class Connection(asyncio.Protocol):
             self.server.per_address[client] = held + 1
             self._counted = client
         self.server.connections.add(self)
+        self.server.heap.started()
         self.session = Session(
             self._send_now,
             peer=f"{peer[0]}:{peer[1]}" if peer else "",
@@ -272,7 +278,9 @@ class Connection(asyncio.Protocol):
         self._flush()  # after the peer's EOF: closes once the last reply is out
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        if self in self.server.connections:
+            self.server.connections.remove(self)
+            self.server.heap.ended()
         if self._counted is not None:
             left = self.server.per_address[self._counted] - 1
             if left:
@@ -291,6 +299,11 @@ class Connection(asyncio.Protocol):
         self._out = None
         if self.session is not None:
             self.service.disconnect(self.session)
+            # The session's callbacks are this connection's bound methods: a cycle the
+            # cyclic GC would have to find, which it does not while the heap is frozen
+            # (legacy_socket_server/heap.py). Reference counting frees both now.
+            self.session.send = _gone
+            self.session.send_packet = None
         self.transport = None
 
     # -- writing, in request order ------------------------------------------------------
@@ -452,6 +465,9 @@ class CoreServer:
             max_sessions_per_user=config.max_sessions_per_user,
         )
         self.connections: set[Connection] = set()
+        #: Each connection keeps what the GC walks (its objects, its recent events in the
+        #: per-user logs): frozen while they live, collected after churn.
+        self.heap = Heap()
         #: Open connections per untrusted client address.
         self.per_address: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -583,6 +599,7 @@ class CoreServer:
         for listener in listeners:
             await listener.wait_closed()
         self._server = self._tls_server = None
+        self.heap.stop()
         self.service.close()
         if self.pg is not None:
             await self.pg.aclose()  # what was queued commits first

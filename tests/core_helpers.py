@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import shutil
@@ -269,3 +270,14 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset
+
+
+def cyclic_garbage() -> list[Any]:
+    """What a full collection would find unreachable now (left in place, then let go)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()

@@ -229,6 +229,19 @@ def test_flood_of_small_frames_is_linear() -> None:
     assert len(items) == 200_000
 
 
+def test_a_large_packet_in_small_reads_is_linear() -> None:
+    # 16,000 reads of 64 bytes: copying what is held at each read would move gigabytes.
+    big = encode({"purpose": "p", "text": "x" * (DEFAULT_MAX_FRAME_BYTES - 40)})
+    dec = FrameDecoder()
+    chunks = [big[i : i + 64] for i in range(0, len(big), 64)]
+    for n, chunk in enumerate(chunks[:-1]):
+        assert dec.feed(chunk) == []
+        assert dec.pending == min(len(big), 64 * (n + 1))
+    [item] = dec.feed(chunks[-1] + encode({"purpose": "q"})[:3])
+    assert item == {"purpose": "p", "text": "x" * (DEFAULT_MAX_FRAME_BYTES - 40)}
+    assert dec.pending == 3
+
+
 # -- property: arbitrary bytes never crash, the buffer stays bounded ------------------
 
 

@@ -1,28 +1,32 @@
-"""The web app's heap: old objects frozen for the cyclic GC, freed memory trimmed for the OS.
+"""A server's heap: old objects frozen for the cyclic GC, freed memory trimmed for the OS.
 
-Two costs grow with the number of browser sessions (docs/performance.md):
+Used by the core (one per connection) and the web app (one per browser session);
+two costs grow with what they hold (docs/performance.md):
 
-* **GC pauses.** Each session keeps ~100 container objects alive (aiohttp's
-  handler chain for its socket, tasks, coroutines, the core connection), and each
-  keep-alive HTTP connection ~45 more. A full collection walks every object not
-  frozen: ~300 ms at 10,000 users, and CPython runs one whenever enough objects
-  have survived the young generations: after a login wave, a storm of reconnecting
-  tabs (thousands of connections accepted a second), the first sends of a busy
-  minute. So while sessions exist, whatever survives a collection of the middle
-  generation is frozen with :func:`gc.freeze` right after it (a ``gc.callbacks``
-  hook: the collector itself says when, however fast objects arrive). An automatic
-  full collection then walks only the young generations' objects, a few thousand.
+* **GC pauses.** A full collection walks every object not frozen, and CPython runs
+  one whenever enough objects have survived the young generations. The web app
+  keeps ~100 container objects per session (aiohttp's handler chain for its socket,
+  tasks, coroutines, the core connection): ~300 ms at 10,000 users, after a login
+  wave or a storm of reconnecting tabs. The core keeps two per recent event (the
+  per-user logs hold up to 4,000 each): 11 ms growing to 300 ms as they filled, a
+  few times a second under load. So while sessions exist, whatever survives a
+  collection of the middle generation is frozen with :func:`gc.freeze` right after
+  it (a ``gc.callbacks`` hook: the collector itself says when, however fast objects
+  arrive). An automatic full collection then walks only the young generations'
+  objects, a few thousand.
 * **Freed memory glibc keeps.** Each login decodes and re-encodes a list of every
   user; ``malloc_trim`` hands what a wave of logins freed back to the OS.
 
 The price of freezing: a cycle of frozen objects that becomes garbage is not
 collected while frozen. Our own session objects are freed by reference counting
-when a session ends (tests/test_web_gc.py checks it), but aiohttp leaves ~40
-objects in cycles per closed WebSocket (a plain keep-alive connection leaves
-none). So once as many sessions have ended or sockets closed as a quarter of the
-live sessions, the heap is thawed and collected in full (one pause, logged with
-its length) and frozen again: the garbage kept is bounded by the population, and
-a steady population never pays a full collection.
+when a session ends (tests/test_web_gc.py and tests/test_core_gc.py check it), but
+aiohttp leaves ~40 objects in cycles per closed WebSocket, and asyncio's own loop
+(without uvloop) a few per closed socket. So once as many sessions have ended or
+sockets closed as a quarter of the live sessions, the heap is thawed and collected
+in full (one pause, logged with its length) and frozen again, at a quiet moment
+(no churn for ``when_quiet`` s) or at the latest ``MAX_POSTPONE`` s later: the
+garbage kept is bounded by the population and the churn of a minute, and a steady
+population never pays a full collection.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ WHEN_QUIET = 5.0
 #: Collect in full once this share of the live sessions have ended or closed a
 #: socket (and at least AFTER_LOGINS): the frozen garbage stays below that share.
 THAW_SHARE = 4
+#: Churn that goes on and on still gets its full collection this long after it was due.
+MAX_POSTPONE = 60.0
 
 
 def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:
@@ -60,19 +66,23 @@ def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:
 class Heap:
     """Freeze survivors while sessions exist; trim after login waves; thaw after churn."""
 
-    def __init__(self, when_quiet: float = WHEN_QUIET) -> None:
+    def __init__(self, when_quiet: float = WHEN_QUIET, max_postpone: float = MAX_POSTPONE) -> None:
         self.when_quiet = when_quiet
+        self.max_postpone = max_postpone
         self._logins = 0
         self._released = 0
         self._settle_timer: asyncio.TimerHandle | None = None
         self._thaw_timer: asyncio.TimerHandle | None = None
+        #: When the thaw is due at the latest (loop time), once enough churn asked for it.
+        self._thaw_by: float | None = None
         self.sessions = 0
 
     @property
     def freezing(self) -> bool:
         return _freeze_survivors in gc.callbacks
 
-    def login(self) -> None:
+    def started(self) -> None:
+        """A session started (a login, a connection): what it keeps lives long."""
         self.sessions += 1
         self._logins += 1
         if not self.freezing:
@@ -83,27 +93,35 @@ class Heap:
             self._settle_timer = self._replace(self._settle_timer, self._settle)
 
     def ended(self) -> None:
-        """A browser session ended."""
+        """A session ended."""
         self.sessions -= 1
         self._release()
         if self.sessions <= 0:
             self._stop_freezing()
 
-    def socket_closed(self) -> None:
-        """A WebSocket closed (aiohttp leaves its handler chain in cycles)."""
+    def released(self) -> None:
+        """Something a session used closed (aiohttp leaves a WebSocket's handlers in cycles)."""
         self._release()
 
     def _release(self) -> None:
         self._released += 1
         if self._released >= max(AFTER_LOGINS, self.sessions // THAW_SHARE):
-            self._thaw_timer = self._replace(self._thaw_timer, self._thaw)
+            now = asyncio.get_running_loop().time()
+            if self._thaw_by is None:
+                self._thaw_by = now + self.max_postpone
+            delay = min(self.when_quiet, max(0.0, self._thaw_by - now))
+            self._thaw_timer = self._replace(self._thaw_timer, self._thaw, delay)
 
     def _replace(
-        self, timer: asyncio.TimerHandle | None, action: Callable[[], None]
+        self,
+        timer: asyncio.TimerHandle | None,
+        action: Callable[[], None],
+        delay: float | None = None,
     ) -> asyncio.TimerHandle:
         if timer is not None:
             timer.cancel()
-        return asyncio.get_running_loop().call_later(self.when_quiet, action)
+        later = self.when_quiet if delay is None else delay
+        return asyncio.get_running_loop().call_later(later, action)
 
     def _stop_freezing(self) -> None:
         while _freeze_survivors in gc.callbacks:
@@ -115,7 +133,7 @@ class Heap:
         count, self._logins = self._logins, 0
         trimmed = release_free_memory()
         log.info(
-            "heap after %d logins: %d objects frozen, trimmed in %.1f ms",
+            "heap after %d sessions started: %d objects frozen, trimmed in %.1f ms",
             count,
             gc.get_freeze_count(),
             trimmed * 1000,
@@ -123,7 +141,7 @@ class Heap:
 
     def _thaw(self) -> None:
         """Enough sessions ended: collect what they left among the frozen, freeze again."""
-        self._thaw_timer = None
+        self._thaw_timer = self._thaw_by = None
         released, self._released = self._released, 0
         start = time.perf_counter()
         gc.unfreeze()
@@ -144,5 +162,5 @@ class Heap:
         for timer in (self._settle_timer, self._thaw_timer):
             if timer is not None:
                 timer.cancel()
-        self._settle_timer = self._thaw_timer = None
+        self._settle_timer = self._thaw_timer = self._thaw_by = None
         self._stop_freezing()
