@@ -34,8 +34,8 @@ def fixture_make_heap() -> Iterator[MakeHeap]:
     """Heaps that are stopped, and the test process's heap unfrozen, at the end."""
     heaps: list[Heap] = []
 
-    def make(when_quiet: float, max_postpone: float = 60) -> Heap:
-        heaps.append(Heap(when_quiet=when_quiet, max_postpone=max_postpone))
+    def make(when_quiet: float, max_postpone: float = 60, max_gc_share: float = 0.01) -> Heap:
+        heaps.append(Heap(when_quiet, max_postpone, max_gc_share))
         return heaps[-1]
 
     try:
@@ -115,3 +115,23 @@ async def test_churn_that_never_pauses_is_collected_all_the_same(make_heap: Make
             break
         await asyncio.sleep(0.1)
     assert gone() is None, "no full collection in 4 s of steady churn"
+
+
+async def test_full_collections_take_a_bounded_share_of_the_time(make_heap: MakeHeap) -> None:
+    # A share of a millionth: after one full collection (a millisecond at least) the
+    # next waits a quarter of an hour, whatever the churn asks.
+    heap = make_heap(0.05, max_gc_share=1e-6)
+    for _ in range(AFTER_LOGINS):
+        heap.started()
+    for round_ in range(2):
+        obj, gone = cycle()
+        gc.collect(1)  # frozen
+        del obj
+        for _ in range(AFTER_LOGINS):
+            heap.ended()
+            heap.started()
+        if round_ == 0:
+            await until(lambda gone=gone: gone() is None, what="the first full collection")
+        else:
+            await asyncio.sleep(0.5)
+            assert gone() is not None  # the second waits for its turn
