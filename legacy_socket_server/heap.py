@@ -22,11 +22,13 @@ collected while frozen. Our own session objects are freed by reference counting
 when a session ends (tests/test_web_gc.py and tests/test_core_gc.py check it), but
 aiohttp leaves ~40 objects in cycles per closed WebSocket, and asyncio's own loop
 (without uvloop) a few per closed socket. So once as many sessions have ended or
-sockets closed as a quarter of the live sessions, the heap is thawed and collected
-in full (one pause, logged with its length) and frozen again, at a quiet moment
-(no churn for ``when_quiet`` s) or at the latest ``MAX_POSTPONE`` s later: the
-garbage kept is bounded by the population and the churn of a minute, and a steady
-population never pays a full collection.
+sockets closed as a quarter of the live sessions (the web app; the core, whose
+connections leave few or none, as many as are open and at least 1,024), the heap is
+thawed and collected in full (one pause, logged with its length) and frozen again, at
+a quiet moment (no churn for ``when_quiet`` s) or at the latest ``MAX_POSTPONE`` s
+later, and at most ``MAX_GC_SHARE`` of the time: the garbage kept is bounded by the
+population and the churn, and a steady population never pays a full collection. One
+hook serves every heap of the process (the web app can run the core in its own).
 """
 
 from __future__ import annotations
@@ -55,6 +57,24 @@ MAX_POSTPONE = 60.0
 #: its whole history (~90 ms for 300,000 messages), frozen the rest of the time.
 MAX_GC_SHARE = 0.01
 
+#: The heaps that have sessions: the hook is the process's (the web app may run the core
+#: in its own process), installed while any of them wants it.
+_freezing: set[Heap] = set()
+
+
+def _want_freezing(heap: Heap, on: bool) -> None:
+    if on:
+        if not _freezing:
+            gc.collect(1)  # what exists now is old: out of sight too
+            gc.freeze()
+            gc.callbacks.append(_freeze_survivors)
+        _freezing.add(heap)
+        return
+    _freezing.discard(heap)
+    if not _freezing:
+        while _freeze_survivors in gc.callbacks:
+            gc.callbacks.remove(_freeze_survivors)
+
 
 def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:
     """After a collection of the middle or oldest generation: freeze what survived it.
@@ -74,10 +94,19 @@ class Heap:
         when_quiet: float = WHEN_QUIET,
         max_postpone: float = MAX_POSTPONE,
         max_gc_share: float = MAX_GC_SHARE,
+        *,
+        min_churn: int = AFTER_LOGINS,
+        churn_share: int = THAW_SHARE,
     ) -> None:
+        if not 0 < max_gc_share <= 1:
+            raise ValueError("max_gc_share is a share of the time: above 0, at most 1")
         self.when_quiet = when_quiet
         self.max_postpone = max_postpone
         self.max_gc_share = max_gc_share
+        #: Thaw once this many sessions ended, or 1/churn_share of the live ones if more.
+        self.min_churn = min_churn
+        self.churn_share = churn_share
+        self._stopped = False
         #: No full collection before this (loop time): the last one's length, spread out.
         self._thaw_after = 0.0
         self._logins = 0
@@ -90,16 +119,16 @@ class Heap:
 
     @property
     def freezing(self) -> bool:
-        return _freeze_survivors in gc.callbacks
+        return self in _freezing
 
     def started(self) -> None:
         """A session started (a login, a connection): what it keeps lives long."""
+        if self._stopped:
+            return
         self.sessions += 1
         self._logins += 1
         if not self.freezing:
-            gc.collect(1)  # what exists now is old: out of sight too
-            gc.freeze()
-            gc.callbacks.append(_freeze_survivors)
+            _want_freezing(self, True)
         if self._logins >= AFTER_LOGINS:
             self._settle_timer = self._replace(self._settle_timer, self._settle)
 
@@ -115,8 +144,10 @@ class Heap:
         self._release()
 
     def _release(self) -> None:
+        if self._stopped:
+            return
         self._released += 1
-        if self._released >= max(AFTER_LOGINS, self.sessions // THAW_SHARE):
+        if self._released >= max(self.min_churn, self.sessions // self.churn_share):
             now = asyncio.get_running_loop().time()
             if self._thaw_by is None:
                 self._thaw_by = now + self.max_postpone
@@ -136,8 +167,7 @@ class Heap:
         return asyncio.get_running_loop().call_later(later, action)
 
     def _stop_freezing(self) -> None:
-        while _freeze_survivors in gc.callbacks:
-            gc.callbacks.remove(_freeze_survivors)
+        _want_freezing(self, False)
 
     def _settle(self) -> None:
         """After a wave of logins: hand what the wave freed back to the OS."""
@@ -176,4 +206,5 @@ class Heap:
             if timer is not None:
                 timer.cancel()
         self._settle_timer = self._thaw_timer = self._thaw_by = None
+        self._stopped = True  # connections closing after the server: no timers again
         self._stop_freezing()

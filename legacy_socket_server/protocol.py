@@ -5,16 +5,16 @@ objects come out; :func:`encode` turns an object into bytes to send. Nothing
 here touches a socket, so the server, the gateway, the desktop client and the
 tests all share this one implementation (docs/protocol.md#framing).
 
-Cost model: the decoder keeps one ``bytearray`` and a read offset. Consuming a
-packet only moves the offset; the consumed prefix is dropped once per
-``feed`` call, so a flood of small frames costs O(bytes received), never
-O(n^2) re-slicing.
+Cost model: a read is scanned where it is, packet after packet, by offset; only an
+incomplete packet's bytes are kept, and once its header is in they are not scanned
+again until its length has arrived. A flood of small frames or a large packet in many
+reads costs O(bytes received), never O(n^2).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -26,9 +26,9 @@ from .contract import is_text
 DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
 
 #: LEN is 1 to 7 ASCII digits, so no limit above 9,999,999 can be expressed.
-MAX_LEN_DIGITS = 7
+MAX_LEN_DIGITS: Final = 7
 
-_DOLLAR = 0x24  # "$"
+_DOLLAR: Final = 0x24  # "$"
 
 
 class ProtocolError(Exception):

@@ -111,6 +111,10 @@ class ServerConfig:
     database_url: str | None = None
 
 
+#: Closed connections (or as many as are open, if more) before a full collection.
+CORE_THAW_CHURN = 1024
+
+
 def _gone(reply: dict[str, Any]) -> None:
     """Where a closed connection's session sends: nowhere (it has no peer left)."""
 
@@ -466,8 +470,10 @@ class CoreServer:
         )
         self.connections: set[Connection] = set()
         #: Each connection keeps what the GC walks (its objects, its recent events in the
-        #: per-user logs): frozen while they live, collected after churn.
-        self.heap = Heap()
+        #: per-user logs): frozen while they live. A closed connection leaves none of ours
+        #: in cycles (asyncio's transports a few objects, uvloop's none) and a thaw walks
+        #: the whole history, so it waits for more churn than the web app's.
+        self.heap = Heap(min_churn=CORE_THAW_CHURN, churn_share=1)
         #: Open connections per untrusted client address.
         self.per_address: dict[str, int] = {}
         self._server: asyncio.AbstractServer | None = None

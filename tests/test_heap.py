@@ -135,3 +135,38 @@ async def test_full_collections_take_a_bounded_share_of_the_time(make_heap: Make
         else:
             await asyncio.sleep(0.5)
             assert gone() is not None  # the second waits for its turn
+
+
+async def test_heaps_of_one_process_share_the_hook(make_heap: MakeHeap) -> None:
+    # The web app running the core in its own process: the gateway's last browser
+    # session ending must not stop the freezing the core's connections want.
+    core, web = make_heap(60), make_heap(60)
+    core.started()
+    web.started()
+    web.ended()
+    assert core.freezing and not web.freezing
+    obj, kept = cycle()
+    gc.collect(1)
+    del obj
+    gc.collect()
+    assert kept() is not None  # still frozen: the hook is still there
+    core.ended()
+    assert not core.freezing
+
+
+async def test_nothing_runs_after_stop(make_heap: MakeHeap) -> None:
+    # Connections that close after the server stopped (a TLS goodbye, a slow reader)
+    # must not start a full collection, or the freezing, again.
+    heap = make_heap(0.05)
+    for _ in range(AFTER_LOGINS):
+        heap.started()
+    obj, kept = cycle()
+    gc.collect(1)  # frozen
+    del obj
+    heap.stop()
+    for _ in range(AFTER_LOGINS):
+        heap.ended()
+    heap.started()
+    assert not heap.freezing
+    await asyncio.sleep(0.3)
+    assert kept() is not None  # no thaw ran
