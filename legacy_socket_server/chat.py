@@ -20,6 +20,7 @@ import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from .contract import (
@@ -76,6 +77,12 @@ def _storage_unavailable(base: dict[str, Any]) -> dict[str, Any]:
         "error": "storage_unavailable",
         "message": "the server could not confirm the write",
     }
+
+
+def _sent_before(record: dict[str, Any]) -> dict[str, Any]:
+    """The reply to a retry of a message still being committed: the message, or the one
+    the database found sent before (through another core)."""
+    return {"message": record.get("duplicate") or record["message"]}
 
 
 class ChatService(PasswordLogin, RoomRules, RemoteChanges):
@@ -533,9 +540,7 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
             if inflight is not None:
                 pending, sent = inflight
                 # The database may have found it sent before, through another core.
-                return self._commit_then(
-                    pending, base, lambda: {"message": sent.get("duplicate") or sent["message"]}
-                )
+                return self._commit_then(pending, base, partial(_sent_before, sent))
         if not text or text.isspace():  # (what strip() removes, without copying the text)
             raise ChatError("empty_text", "message text is empty")
         if len(text) > MAX_TEXT_CHARS:
@@ -555,19 +560,26 @@ class ChatService(PasswordLogin, RoomRules, RemoteChanges):
         record = {"op": "message", "message": msg}
         commit = self._write(record, "messages")
         self._next_id += 1
-
-        def apply() -> dict[str, Any]:
-            if "duplicate" in record:  # sent before, through another core: that one
-                return {"message": record["duplicate"]}
-            self._add_message(msg, skip)
-            self._maybe_compact()
-            return {"message": msg}
-
-        if cmid is not None and commit is not None and self.commit_first:
+        if commit is None:  # in the OS already (the file store, fsync everysec)
+            return self._apply_sent(record, skip)
+        if cmid is not None and self.commit_first:
             key = (sender, cmid)
             self._inflight[key] = (commit, record)
-            commit.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return self._commit_then(commit, base, apply)
+            commit.add_done_callback(partial(self._forget_inflight, key))
+        # No closure in this method: compiled, one would cost an object per message.
+        return self._commit_then(commit, base, partial(self._apply_sent, record, skip))
+
+    def _forget_inflight(self, key: tuple[str, str], _: object) -> None:
+        self._inflight.pop(key, None)
+
+    def _apply_sent(self, record: dict[str, Any], skip: int) -> dict[str, Any]:
+        """Keep a written message and tell its recipients; the reply's fields."""
+        if "duplicate" in record:  # sent before, through another core: that one
+            return {"message": record["duplicate"]}
+        msg = record["message"]
+        self._add_message(msg, skip)
+        self._maybe_compact()
+        return {"message": msg}
 
     def _commit_then(
         self,
