@@ -16,6 +16,11 @@ class ConversationIndex:
         self.sent: dict[str, list[int]] = {}
 
     def add(self, msg: dict[str, Any]) -> None:
-        self.ids.append(msg["id"])
+        mid: int = msg["id"]
+        self.ids.append(mid)
         self.messages.append(msg)
-        self.sent.setdefault(msg["from"], []).append(msg["id"])
+        sent = self.sent.get(msg["from"])
+        if sent is None:  # (setdefault would make an empty list per message)
+            self.sent[msg["from"]] = [mid]
+        else:
+            sent.append(mid)
