@@ -62,20 +62,6 @@ MAX_GC_SHARE = 0.01
 _freezing: set[Heap] = set()
 
 
-def _want_freezing(heap: Heap, on: bool) -> None:
-    if on:
-        if not _freezing:
-            gc.collect(1)  # what exists now is old: out of sight too
-            gc.freeze()
-            gc.callbacks.append(_freeze_survivors)
-        _freezing.add(heap)
-        return
-    _freezing.discard(heap)
-    if not _freezing:
-        while _freeze_survivors in gc.callbacks:
-            gc.callbacks.remove(_freeze_survivors)
-
-
 def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:
     """After a collection of the middle or oldest generation: freeze what survived it.
 
@@ -127,10 +113,13 @@ class Heap:
             return
         self.sessions += 1
         self._logins += 1
-        if not self.freezing:
-            _want_freezing(self, True)
+        if not _freezing:
+            gc.collect(1)  # what exists now is old: out of sight too
+            gc.freeze()
+            gc.callbacks.append(_freeze_survivors)
+        _freezing.add(self)
         if self._logins >= AFTER_LOGINS:
-            self._settle_timer = self._replace(self._settle_timer, self._settle)
+            self._settle_timer = self._replace(self._settle_timer, self._settle, self.when_quiet)
 
     def ended(self) -> None:
         """A session ended."""
@@ -156,18 +145,17 @@ class Heap:
             self._thaw_timer = self._replace(self._thaw_timer, self._thaw, delay)
 
     def _replace(
-        self,
-        timer: asyncio.TimerHandle | None,
-        action: Callable[[], None],
-        delay: float | None = None,
+        self, timer: asyncio.TimerHandle | None, action: Callable[[], None], delay: float
     ) -> asyncio.TimerHandle:
         if timer is not None:
             timer.cancel()
-        later = self.when_quiet if delay is None else delay
-        return asyncio.get_running_loop().call_later(later, action)
+        return asyncio.get_running_loop().call_later(delay, action)
 
     def _stop_freezing(self) -> None:
-        _want_freezing(self, False)
+        _freezing.discard(self)
+        if not _freezing:
+            while _freeze_survivors in gc.callbacks:
+                gc.callbacks.remove(_freeze_survivors)
 
     def _settle(self) -> None:
         """After a wave of logins: hand what the wave freed back to the OS."""
