@@ -476,6 +476,8 @@ def main() -> None:
     ap.add_argument("--core-args", default="", help='e.g. --core-args="--fsync always"')
     args = ap.parse_args()
     servers = {"core": ["core"], "ircd": ["ngircd"], None: ["ngircd", "core"]}[args.only]
+    if "ngircd" in servers and not os.access(NGIRCD, os.X_OK):
+        sys.exit(f"{NGIRCD} not found: apt-get install ngircd (or run --only core)")
     if args.python_core:
         servers.append("core-py")
     if args.router:
