@@ -4,7 +4,7 @@ Kept at the repo root because that is how the product has always been
 started; the code lives in ``legacy_socket_server/``.
 """
 
-from legacy_socket_server.server import main
+from legacy_socket_server.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

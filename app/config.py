@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from legacy_socket_server.server import add_tls, tls_from_args
+from legacy_socket_server.cli import add_tls, tls_from_args
 from legacy_socket_server.settings import (
     DEFAULT_DATA_DIR,
     SettingsParser,

@@ -26,7 +26,8 @@ from legacy_socket_server.users import HASHER, fingerprint  # noqa: E402
 _CORE = """
 import logging, os, sys
 from pathlib import Path
-from legacy_socket_server.server import ServerConfig, serve, run, _raise_fd_limit
+from legacy_socket_server.cli import _raise_fd_limit, run, serve
+from legacy_socket_server.server import ServerConfig
 from legacy_socket_server.tls import TLSListener
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
 logging.getLogger("legacy_socket_server").setLevel(logging.INFO)

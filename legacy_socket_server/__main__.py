@@ -1,5 +1,5 @@
 """``python -m legacy_socket_server``: run the core server."""
 
-from .server import main
+from .cli import main
 
 raise SystemExit(main())

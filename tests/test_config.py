@@ -15,7 +15,7 @@ from conftest import ROOT
 from waiting import wait_for
 
 from legacy_socket_server import datadir
-from legacy_socket_server.server import build_parser as core_parser
+from legacy_socket_server.cli import build_parser as core_parser
 from legacy_socket_server.settings import DEFAULT_DATA_DIR
 
 PROGRAMS = {

@@ -556,7 +556,7 @@ def test_dockerfile_agrees_with_pyproject() -> None:
     assert not final.all("ENTRYPOINT")
     cmd = exec_form(final.all("CMD")[-1])
     assert cmd[:2] == ["python", "server.py"] and (ROOT / "server.py").is_file(), cmd
-    from legacy_socket_server.server import build_parser
+    from legacy_socket_server.cli import build_parser
 
     args = build_parser().parse_args(cmd[2:])
     assert str(args.data_dir) == DATA_DIR and args.host == "0.0.0.0"
