@@ -24,7 +24,8 @@ up for the whole run (the core's history grows run after run).
     python bench/peer_irc.py --python-core    # + the core on its Python modules (not compiled)
 
 ngircd runs in the foreground from a config generated in a temp dir (127.0.0.1, a free
-port, penalties and connection limits off); the core runs as ``server.py --send-rate 0``.
+port, penalties and connection limits off); the core runs as ``server.py --send-rate 0``,
+compiled first if its modules are not (``--no-build``: as they are).
 Talks only to 127.0.0.1; every wait has a deadline.
 """
 
@@ -48,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _setup import cpu_seconds, free_port, make_data_dir, raise_fd_limit, start_process
+from _setup import ROOT, cpu_seconds, free_port, make_data_dir, raise_fd_limit, start_process
 
 try:  # the core runs on uvloop when it is installed; the clients should not be slower
     from uvloop import run as run_loop
@@ -341,6 +342,26 @@ async def run_once(
     return Result(server, pairs, seen, elapsed, server_cpu, client_cpu, p50, p99, len(meter.errors))
 
 
+def compiled_core(build: bool) -> str:
+    """The "core" row measures the build ``make run`` runs (legacy_socket_server/native.py):
+    compiled first if it is missing or stale, as ``make`` would; else the status says why
+    the Python modules run."""
+    native = [sys.executable, "-m", "legacy_socket_server.native_build"]
+
+    def status() -> str:
+        run = subprocess.run([*native, "status"], cwd=ROOT, capture_output=True, text=True)
+        return run.stdout.strip()
+
+    before = status()
+    if not build or before.startswith("compiled"):
+        return before
+    print(f"core modules: {before}; compiling them (about a minute)...", flush=True)
+    built = subprocess.run(native, cwd=ROOT, capture_output=True, text=True)
+    if built.returncode != 0:
+        print(built.stderr[-2000:], file=sys.stderr)
+    return status()
+
+
 def pinned(args: list[str], cpu: int | None) -> list[str]:
     return args if cpu is None else [sys.executable, "-c", _PINNED_EXEC, str(cpu), *args]
 
@@ -474,6 +495,11 @@ def main() -> None:
         help="also run the core on its Python modules (core-py), beside the compiled build",
     )
     ap.add_argument("--core-args", default="", help='e.g. --core-args="--fsync always"')
+    ap.add_argument(
+        "--no-build",
+        action="store_true",
+        help="do not compile the core's modules when they are missing or stale (as make does)",
+    )
     args = ap.parse_args()
     servers = {"core": ["core"], "ircd": ["ngircd"], None: ["ngircd", "core"]}[args.only]
     if "ngircd" in servers and not os.access(NGIRCD, os.X_OK):
@@ -486,11 +512,8 @@ def main() -> None:
     n_clients = 2 * max(args.pairs)
     raise_fd_limit(n_clients + 64)  # before the servers start: they inherit it
     print(f"event loop: {run_loop.__module__}; warm-up {WARMUP_S} s, window {args.seconds} s")
-    if "core" in servers:  # compiled or not (legacy_socket_server/native.py), from this tree
-        status = [sys.executable, "-m", "legacy_socket_server.native_build", "status"]
-        print(
-            "core modules:", subprocess.run(status, capture_output=True, text=True).stdout.strip()
-        )
+    if "core" in servers:
+        print("core modules:", compiled_core(build=not args.no_build))
 
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     results: list[Result] = []

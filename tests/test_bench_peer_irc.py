@@ -15,7 +15,17 @@ from conftest import ROOT
 
 def test_core_pairs_ping_pong_and_report_a_row() -> None:
     run = subprocess.run(
-        [sys.executable, "bench/peer_irc.py", "--only", "core", "--pairs", "3", "--seconds", "0.5"],
+        [
+            sys.executable,
+            "bench/peer_irc.py",
+            "--only",
+            "core",
+            "--pairs",
+            "3",
+            "--seconds",
+            "0.5",
+            "--no-build",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
