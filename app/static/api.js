@@ -42,3 +42,19 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export function go(path) {
   window.location.assign(path + window.location.search);
 }
+
+export class Refused extends Error {} // the server said no (4xx): retrying will not help
+
+// A 401 anywhere means the session is gone (logged out, idle, token refused).
+export function checkSession(res) {
+  if (res.status === 401) {
+    go("/login");
+    throw new Error("not logged in");
+  }
+  return res;
+}
+
+// What a failed request says, for a person.
+export function refusal(res) {
+  return res?.data?.message || "The server cannot be reached; try again.";
+}

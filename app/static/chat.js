@@ -1,11 +1,12 @@
-// The chat page: state, events, sending. Rendering lives in view.js, the room
-// dialogs in dialogs.js, the ways events arrive (WebSocket, long-poll, poll) in
-// transport.js. Every chat rule (unread and mention counts, presence,
-// validation) is the server's; this file keeps what the server said and
-// applies the events that came after it.
-import { api, go, NetworkError, newId, sleep } from "./api.js";
+// The chat page: events, lists, sending. Its state lives in state.js, rendering
+// in view.js, the room dialogs in dialogs.js, the ways events arrive (WebSocket,
+// long-poll, poll) in transport.js. Every chat rule (unread and mention counts,
+// presence, validation) is the server's; this file keeps what the server said
+// and applies the events that came after it.
+import { api, checkSession, go, NetworkError, newId, Refused, refusal, sleep } from "./api.js";
 import * as dialogs from "./dialogs.js";
 import { mentions } from "./mentions.js";
+import { addMessages, conv, counted, countedAt, newestFromOthers, state } from "./state.js";
 import { chosenTransport, EventStream } from "./transport.js";
 import * as view from "./view.js";
 
@@ -14,69 +15,7 @@ const SEND_RETRY_MS = 30000; // give up a send after this long unreachable
 
 const { userKey, roomKey, parseKey } = view;
 
-const state = {
-  me: document.body.dataset.username,
-  users: new Map(), // name -> {username, online, unread}, as the server counted them
-  rooms: new Map(), // name -> {name, private, members, joined, unread, mentions}, likewise
-  convs: new Map(), // conversation key ("u:Bob", "r:general") -> {messages, ids, hasMore, loaded}
-  open: null, // the open conversation's key
-  // Positions in the session's event buffer. The event loop reads on from
-  // `cursor`; each list's counts include every event at or before its cursor
-  // (`countedUpTo` for people, `roomsCountedUpTo` for rooms) and none after,
-  // so only later events change them.
-  cursor: null,
-  countedUpTo: null,
-  roomsCountedUpTo: null,
-  needUsers: true, // fetch the users list at the event loop's next turn
-  needRooms: true, // the rooms list, likewise
-  needReload: false, // the server said reset: the lists and the open conversation again
-  loading: new Set(), // conversations whose first history page is on its way
-  readSent: new Map(), // key -> highest up_to sent
-};
-
 const $ = (id) => document.getElementById(id);
-
-class Refused extends Error {} // the server said no (4xx): retrying will not help
-
-function conv(key) {
-  let c = state.convs.get(key);
-  if (!c) {
-    c = { messages: [], ids: new Set(), hasMore: false, loaded: false, loadingOlder: false };
-    state.convs.set(key, c);
-  }
-  return c;
-}
-
-function addMessages(c, messages) {
-  let added = false;
-  for (const m of messages) {
-    if (c.ids.has(m.id)) continue;
-    c.ids.add(m.id);
-    c.messages.push(m);
-    added = true;
-  }
-  if (added) c.messages.sort((a, b) => a.id - b.id);
-  return added;
-}
-
-// The newest message from someone else in a conversation this tab knows of (0: none).
-function newestFromOthers(key) {
-  const messages = state.convs.get(key)?.messages || [];
-  for (let i = messages.length - 1; i >= 0; i--) {
-    if (messages[i].from !== state.me) return messages[i].id;
-  }
-  return 0;
-}
-
-// What a conversation's unread count lives in: a user or a joined room.
-function counted(key) {
-  const [kind, name] = parseKey(key);
-  if (kind === "room") {
-    const room = state.rooms.get(name);
-    return room?.joined ? room : null;
-  }
-  return state.users.get(name) || null;
-}
 
 function renderAll() {
   view.renderSidebar(state);
@@ -88,34 +27,6 @@ function renderAll() {
 // The log is busy while the open conversation's history is on its way.
 function settleBusy() {
   view.setBusy(Boolean(state.open && state.loading.has(state.open)));
-}
-
-// A 401 anywhere means the session is gone (logged out, idle, token refused).
-function checkSession(res) {
-  if (res.status === 401) {
-    go("/login");
-    throw new Error("not logged in");
-  }
-  return res;
-}
-
-// What a failed request says, for a person.
-function refusal(res) {
-  return res?.data?.message || "The server cannot be reached; try again.";
-}
-
-// A buffer cursor is `epoch * 2**32 + seq`, the epoch one per buffer (app/buffer.py).
-const EPOCH = 2 ** 32;
-
-// Where a list's counts meet our events. A list from another buffer than our
-// events' (several web apps behind a balancer without affinity each hold a
-// copy of the session) was counted about now: count what comes after our
-// cursor. (Comparing positions of two buffers would drop or double events.)
-function countedAt(listCursor) {
-  if (state.cursor === null) return listCursor;
-  return Math.floor(listCursor / EPOCH) === Math.floor(state.cursor / EPOCH)
-    ? listCursor
-    : state.cursor;
 }
 
 // Only the event loop calls this, between replies: the list and the events the
