@@ -1,7 +1,7 @@
 // The chat page's state: what the server said (lists with their counts, each
 // conversation's messages) and where in the event stream it stands. Only
 // chat.js changes it; view.js and dialogs.js read it to draw.
-import { parseKey } from "./view.js";
+import { parseKey } from "./dom.js";
 
 export const state = {
   me: document.body.dataset.username,
