@@ -12,6 +12,10 @@ login or resume request is only queued on a connection it has trusted. A
 server the system does not trust and we have not met becomes
 ``trust_question`` until the person answers with :meth:`ChatClient.answer_trust`.
 
+The rooms part (the room list and members, the room actions and their
+replies, room messages and events) is :class:`~.room_actions.RoomActions`,
+which ``ChatClient`` inherits; the phases are in :mod:`.phases`.
+
 Counts (unread per person and per room, mentions per room) start from a list
 the core sends with a cursor (the login reply, or a ``users``/``rooms`` reply)
 and then follow the events after that cursor. A ``room`` event carries the
@@ -25,25 +29,20 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from ..contract import MAX_TEXT_CHARS, iso_timestamp
-from ..rooms import ROOM_NAME_RE, mentioned
+from ..rooms import mentioned
 from .conversation import Conversation, Room, User, room_key
 from .dialer import Dialer
+from .phases import CLOSED, LOGGED_OUT, LOGGING_IN, READY, RECONNECTING, UNREACHABLE
+from .room_actions import RoomActions
+from .room_actions import normalise_room_name as normalise_room_name  # for sheets.py, tests
 from .transport import CONNECT_TIMEOUT, Connection
 from .trust import KnownHosts, Refusal, Security, TLSOptions, TrustQuestion, plan, refused_by_user
 
 log = logging.getLogger(__name__)
-
-# Phases (the view picks the screen from these).
-LOGGED_OUT = "logged_out"  # login form, maybe with ``error``
-LOGGING_IN = "logging_in"  # connecting and waiting for the login reply
-UNREACHABLE = "unreachable"  # a login attempt could not reach the server: offer Retry
-READY = "ready"  # logged in, polling
-RECONNECTING = "reconnecting"  # connection lost; resuming with the token, with backoff
-CLOSED = "closed"  # exit sent; the client is finished
 
 #: A poll held by the server this long ends with no events; we at once poll
 #: again. Long-polling gets events to the window within one tick of their
@@ -61,19 +60,8 @@ SEND_RETRY_DELAY = 2.0
 #: this many times, then taken as it is (see :meth:`ChatClient._send_lists`).
 LIST_PAIRING_TRIES = 5
 
-#: ``done(ok, message)``: how a room action ended (message: the core's sentence).
-Done = Callable[[bool, str | None], None]
 
-NOT_CONNECTED = "Not connected to the server right now; try again when it is back."
-
-
-def normalise_room_name(name: str) -> str | None:
-    """``name`` as the core will store it (lowercased), or None if the core would refuse it."""
-    name = name.strip().lower()
-    return name if ROOM_NAME_RE.fullmatch(name) else None
-
-
-class ChatClient:
+class ChatClient(RoomActions):
     """Everything the window shows, kept in step with the core by :meth:`tick`."""
 
     def __init__(
@@ -151,22 +139,11 @@ class ChatClient:
         """Online users first, then by name (case-insensitive)."""
         return sorted(self.users.values(), key=lambda u: (not u.online, u.username.casefold()))
 
-    def sorted_rooms(self) -> list[Room]:
-        """Joined rooms first, then by name."""
-        return sorted(self.rooms.values(), key=lambda r: (not r.joined, r.name))
-
-    def public_rooms_to_join(self) -> list[Room]:
-        return [r for r in self.sorted_rooms() if not r.joined and not r.private]
-
     @property
     def total_unread(self) -> int:
         """Unread messages from people and in joined rooms (the window title's count)."""
         people = sum(u.unread for u in self.users.values())
         return people + sum(r.unread for r in self.rooms.values() if r.joined)
-
-    @property
-    def total_mentions(self) -> int:
-        return sum(r.mentions for r in self.rooms.values() if r.joined)
 
     def visible_messages(self) -> list[dict[str, Any]]:
         """The open conversation: confirmed messages, then our unconfirmed ones."""
@@ -182,16 +159,6 @@ class ChatClient:
             return False
         low = me.lower()
         return me in mentioned(msg.get("text", ""), lambda n: me if n == low else None)
-
-    def member_list(self, room: str | None) -> list[dict[str, Any]] | None:
-        """The room's members as last listed, each with a live online flag; None if unknown."""
-        names = self.members.get(room or "")
-        if names is None:
-            return None
-        return [
-            {"username": n, "online": n == self.username or self._online(n)}
-            for n in sorted(names, key=str.casefold)
-        ]
 
     def _online(self, name: str) -> bool:
         user = self.users.get(name)
@@ -302,52 +269,6 @@ class ChatClient:
             self.drafts[key] = text
         else:
             self.drafts.pop(key, None)
-
-    # Room actions. Each returns a sentence for a person if it cannot even be
-    # asked (not connected, a name the core would refuse), else None; the core's
-    # answer comes later to ``done(ok, message)`` (and, without ``done``, a
-    # refusal shows as ``error``).
-    def create_room(
-        self,
-        name: str,
-        private: bool = False,
-        members: Iterable[str] = (),
-        done: Done | None = None,
-    ) -> str | None:
-        room = normalise_room_name(name)
-        if room is None:
-            return (
-                "Room names are 1-40 characters: a-z, 0-9, '-' and '_', "
-                "starting with a letter or digit."
-            )
-        fields: dict[str, Any] = {"room": room, "private": bool(private)}
-        others = sorted({m for m in members if m and m != self.username})
-        if others:
-            fields["members"] = others
-        return self._room_request("create_room", fields, done, name=room)
-
-    def join_room(self, name: str, done: Done | None = None) -> str | None:
-        return self._room_request("join_room", {"room": name}, done, name=name)
-
-    def leave_room(self, name: str, done: Done | None = None) -> str | None:
-        return self._room_request("leave_room", {"room": name}, done, name=name)
-
-    def add_member(self, room: str, username: str, done: Done | None = None) -> str | None:
-        username = username.strip()
-        if not username:
-            return "Type the name of the person to add."
-        fields = {"room": room, "username": username}
-        return self._room_request("add_member", fields, done, name=room)
-
-    def load_members(self, room: str, done: Done | None = None) -> str | None:
-        """Ask for the room's member list (then ``member_list(room)``)."""
-        return self._room_request("room_members", {"room": room}, done, name=room)
-
-    def refresh_rooms(self) -> None:
-        """Ask the core for the room list again (counts of rooms we are not in go stale:
-        nobody tells us when someone joins those)."""
-        if self.phase == READY:
-            self._want("rooms")
 
     def close(self) -> None:
         """Send ``exit`` (the user goes offline, the token ends) and stop."""
@@ -489,15 +410,6 @@ class ChatClient:
         rid = next(self._ids)
         self._inflight[rid] = (purpose, context, self._clock())
         self._conn.send({"purpose": purpose, "id": rid, **fields})
-
-    def _room_request(
-        self, purpose: str, fields: dict[str, Any], done: Done | None, **context: Any
-    ) -> str | None:
-        if self.phase != READY or self._conn is None:
-            return NOT_CONNECTED
-        self._request(purpose, fields, done=done, **context)
-        self._conn.flush()
-        return None
 
     def _on_packet(self, packet: dict[str, Any]) -> None:
         entry = self._inflight.pop(packet.get("id"), None)  # type: ignore[arg-type]
@@ -651,54 +563,6 @@ class ChatClient:
             self._changed("bell")
         self._changed("users")
 
-    def _set_rooms(self, rooms: list[dict[str, Any]]) -> None:
-        self.rooms = {}
-        for view in rooms:
-            room = Room.from_view(view)
-            self.rooms[room.name] = room
-        for name in list(self.members):
-            if name not in self.rooms or not self.rooms[name].joined:
-                del self.members[name]
-        self._check_open_room()
-        self._mark_read()
-        self._changed("rooms")
-
-    def _apply_room_view(self, view: dict[str, Any]) -> None:
-        """A ``room`` event: the core's view of one room at this point of the stream."""
-        room = Room.from_view(view)
-        if room.private and not room.joined:
-            self.rooms.pop(room.name, None)  # no longer visible to us
-        else:
-            self.rooms[room.name] = room
-        if not room.joined:
-            self.members.pop(room.name, None)
-        self._check_open_room()
-        if room.name == self.room:
-            self._mark_read()
-        self._changed("rooms", "members")
-
-    def _check_open_room(self) -> None:
-        """Close the open room if we are no longer in it (left in another session)."""
-        name = self.room
-        if name is not None and not (name in self.rooms and self.rooms[name].joined):
-            self.conv = None
-            self._changed("conversation")
-
-    def _on_member_event(self, event: dict[str, Any]) -> None:
-        name, who, joined = event["room"], event["username"], bool(event["joined"])
-        if who == self.username:
-            return  # our own membership: the ``room`` event that follows says it all
-        room = self.rooms.get(name)
-        if room is not None:
-            room.members = max(0, room.members + (1 if joined else -1))
-        listed = self.members.get(name)
-        if listed is not None:
-            if joined and who not in listed:
-                listed.append(who)
-            elif not joined and who in listed:
-                listed.remove(who)
-        self._changed("rooms", "members")
-
     def _on_message_event(self, msg: dict[str, Any]) -> None:
         mine = msg["from"] == self.username
         other = msg["to"] if mine else msg["from"]
@@ -713,26 +577,6 @@ class ChatClient:
         elif not mine and other in self.users:
             self.users[other].unread += 1
             self._changed("users", "bell")
-
-    def _on_room_message(self, msg: dict[str, Any]) -> None:
-        name = msg["room"]
-        mine = msg["from"] == self.username
-        if mine and msg.get("client_msg_id") in self._outbox:
-            del self._outbox[msg["client_msg_id"]]
-            self._changed("conversation")
-        room = self.rooms.get(name)
-        if room is None:
-            self._want("rooms")  # a room we have not heard of yet
-        if name == self.room:
-            self._add_messages([msg])
-            if not mine:
-                self._mark_read()
-        elif not mine and room is not None and room.joined:
-            room.unread += 1
-            if self.mentions_me(msg):
-                room.mentions += 1
-                self._changed("bell")  # a room rings only when it calls you
-            self._changed("rooms")
 
     def _load_history(self, kind: str, before: int | None = None) -> None:
         if self.phase != READY or self._conn is None or self.conv is None:
@@ -837,61 +681,6 @@ class ChatClient:
     def _on_read(self, reply: dict[str, Any]) -> None:
         if not reply.get("ok"):
             log.warning("read marker refused: %s", reply.get("message"))
-
-    # -- room replies -------------------------------------------------------------------
-    def _finish(self, reply: dict[str, Any], done: Done | None) -> bool:
-        ok = bool(reply.get("ok"))
-        message = None if ok else (reply.get("message") or "The server refused that.")
-        if not ok and done is None:
-            self.error = message
-            self._changed("status")
-        if done is not None:
-            done(ok, message)
-        return ok
-
-    def _learn_room(self, reply: dict[str, Any]) -> None:
-        # The ``room`` event says the same at its place in the stream and wins:
-        # this reply's view is only used if the event has not come yet.
-        view = reply.get("room")
-        if isinstance(view, dict) and not (
-            view["name"] in self.rooms and self.rooms[view["name"]].joined
-        ):
-            self.rooms[view["name"]] = Room.from_view(view)
-            self._changed("rooms")
-
-    def _on_create_room(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
-        if reply.get("ok"):
-            self._learn_room(reply)
-        self._finish(reply, done)
-
-    def _on_join_room(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
-        if reply.get("ok"):
-            self._learn_room(reply)
-        self._finish(reply, done)
-
-    def _on_leave_room(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
-        if reply.get("ok"):
-            room = self.rooms.get(name)
-            if room is not None and room.joined:
-                room.joined = False
-                room.unread = room.mentions = 0
-                room.members = max(0, room.members - 1)
-                if room.private:
-                    del self.rooms[name]
-            self.members.pop(name, None)
-            self.drafts.pop(room_key(name), None)
-            self._check_open_room()
-            self._changed("rooms", "members")
-        self._finish(reply, done)
-
-    def _on_add_member(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
-        self._finish(reply, done)
-
-    def _on_room_members(self, reply: dict[str, Any], done: Done | None, name: str) -> None:
-        if reply.get("ok"):
-            self.members[name] = [m["username"] for m in reply["members"]]
-            self._changed("members")
-        self._finish(reply, done)
 
     def _changed(self, *what: str) -> None:
         self._changes.update(what)
