@@ -347,16 +347,17 @@ def compiled_core(build: bool) -> str:
     compiled first if it is missing or stale, as ``make`` would; else the status says why
     the Python modules run."""
     native = [sys.executable, "-m", "legacy_socket_server.native_build"]
+    env = {**os.environ, "TEAMCHAT_PURE_PYTHON": ""}  # as start_core runs the core row
 
     def status() -> str:
-        run = subprocess.run([*native, "status"], cwd=ROOT, capture_output=True, text=True)
+        run = subprocess.run([*native, "status"], cwd=ROOT, env=env, capture_output=True, text=True)
         return run.stdout.strip()
 
     before = status()
     if not build or before.startswith("compiled"):
         return before
     print(f"core modules: {before}; compiling them (about a minute)...", flush=True)
-    built = subprocess.run(native, cwd=ROOT, capture_output=True, text=True)
+    built = subprocess.run(native, cwd=ROOT, env=env, capture_output=True, text=True)
     if built.returncode != 0:
         print(built.stderr[-2000:], file=sys.stderr)
     return status()
