@@ -12,8 +12,10 @@ carries the message, so the sender's held poll is not woken by it).
 
 Over a measured window (after a warm-up; logins excluded) it reports messages/s, messages
 per server CPU-second (utime+stime from /proc/PID/stat at both ends of the window), p50/p99
-latency, and this process's CPU: the clients'. A client CPU near 1.00 means the clients
-were a limit too. With two or more CPUs the server runs on CPU 0 and the clients on CPU 1.
+latency, this process's CPU (the clients': near 1.00 means the clients were a limit too),
+and the share of the machine's CPU time stolen by its hypervisor meanwhile (a shared
+virtual machine: a round with much stolen time was measured on a disturbed machine).
+With two or more CPUs the server runs on CPU 0 and the clients on CPU 1.
 ``--rounds N`` runs ngircd, core, ngircd, core, … and adds the medians. Both servers stay
 up for the whole run (the core's history grows run after run).
 
@@ -263,6 +265,9 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    #: Share of the machine's CPU time (all CPUs) the hypervisor gave to other guests
+    #: during the window: a round with much of it was measured on a disturbed machine.
+    stolen: float = 0.0
 
     @property
     def msgs_per_s(self) -> float:
@@ -271,6 +276,13 @@ class Result:
     @property
     def per_cpu_s(self) -> float:
         return self.seen / self.server_cpu if self.server_cpu > 0 else float("nan")
+
+
+def stolen_seconds() -> float:
+    """CPU time taken by the hypervisor for other guests, summed over CPUs (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq steal
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def quantile_ms(samples: list[int], q: float) -> float:
@@ -340,6 +352,7 @@ async def run_once(
             a.send()
         await asyncio.sleep(WARMUP_S)
         seen0, cpu0, mine0 = meter.seen, cpu_seconds(pid), time.process_time()
+        stolen0 = stolen_seconds()
         t0 = time.perf_counter()
         meter.measuring = True
         await asyncio.sleep(seconds)
@@ -347,12 +360,14 @@ async def run_once(
         elapsed = time.perf_counter() - t0
         seen, server_cpu = meter.seen - seen0, cpu_seconds(pid) - cpu0
         client_cpu = time.process_time() - mine0
+        stolen = (stolen_seconds() - stolen0) / elapsed / (os.cpu_count() or 1)
     finally:
         await hang_up(protocols)
     for why in sorted(set(meter.errors))[:5]:
         print(f"  {server}: {why}", file=sys.stderr)
     p50, p99 = quantile_ms(meter.samples, 0.50), quantile_ms(meter.samples, 0.99)
-    return Result(server, pairs, seen, elapsed, server_cpu, client_cpu, p50, p99, len(meter.errors))
+    errors = len(meter.errors)
+    return Result(server, pairs, seen, elapsed, server_cpu, client_cpu, p50, p99, errors, stolen)
 
 
 def log_tail(pid: int, lines: int = 15) -> str:
@@ -459,7 +474,7 @@ def row(label: str, r: Result) -> str:
     return (
         f"| {label} | {r.pairs} | {r.msgs_per_s:,.0f} | {r.per_cpu_s:,.0f} | "
         f"{r.server_cpu / r.elapsed:.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-        f"{r.client_cpu / r.elapsed:.2f} | {r.errors} |"
+        f"{r.client_cpu / r.elapsed:.2f} | {r.errors} | {r.stolen:.0%} |"
     )
 
 
@@ -469,16 +484,18 @@ def median_result(rs: list[Result]) -> Result:
     rate, per_cpu = med(r.msgs_per_s for r in rs), med(r.per_cpu_s for r in rs)
     client = med(r.client_cpu / r.elapsed for r in rs)
     p50, p99 = med(r.p50_ms for r in rs), med(r.p99_ms for r in rs)
-    errors = sum(r.errors for r in rs)
-    return Result(rs[0].server, rs[0].pairs, rate, 1.0, rate / per_cpu, client, p50, p99, errors)
+    errors, stolen = sum(r.errors for r in rs), med(r.stolen for r in rs)
+    return Result(
+        rs[0].server, rs[0].pairs, rate, 1.0, rate / per_cpu, client, p50, p99, errors, stolen
+    )
 
 
 def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
     print(
         "\n| server | pairs | messages/s | messages per server CPU-second | server CPU | "
-        "p50 ms | p99 ms | client CPU | errors |"
+        "p50 ms | p99 ms | client CPU | errors | stolen |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     medians: dict[tuple[str, int], Result] = {}
     for n in pairs_list:
         for server in ("ngircd", "core", "core-py", "router"):
@@ -489,7 +506,11 @@ def report(results: list[Result], rounds: int, pairs_list: list[int]) -> None:
                 medians[server, n] = median_result(rs)
                 if rounds > 1:
                     print(row(f"{server} median", medians[server, n]))
-    print("\nCPU columns: CPU-seconds per second of the window (1.00 = one CPU busy).")
+    print(
+        "\nCPU columns: CPU-seconds per second of the window (1.00 = one CPU busy). "
+        "stolen: the share of the machine's CPU time its hypervisor gave other guests "
+        "meanwhile (/proc/stat steal); rounds with much of it ran on a disturbed machine."
+    )
     for n, server in ((n, s) for n in pairs_list for s in ("core", "core-py", "router")):
         if (server, n) in medians and ("ngircd", n) in medians:
             c, i = medians[server, n], medians["ngircd", n]
