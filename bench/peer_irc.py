@@ -51,7 +51,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from _setup import ROOT, cpu_seconds, free_port, make_data_dir, raise_fd_limit, start_process
+from _setup import cpu_seconds, free_port, make_data_dir, raise_fd_limit, start_process
+
+from legacy_socket_server import native
 
 try:  # the core runs on uvloop when it is installed; the clients should not be slower
     from uvloop import run as run_loop
@@ -383,21 +385,14 @@ def compiled_core(build: bool) -> str:
     """The "core" row measures the build ``make run`` runs (legacy_socket_server/native.py):
     compiled first if it is missing or stale, as ``make`` would; else the status says why
     the Python modules run."""
-    native = [sys.executable, "-m", "legacy_socket_server.native_build"]
-    env = {**os.environ, "TEAMCHAT_PURE_PYTHON": ""}  # as start_core runs the core row
-
-    def status() -> str:
-        run = subprocess.run([*native, "status"], cwd=ROOT, env=env, capture_output=True, text=True)
-        return run.stdout.strip()
-
-    before = status()
-    if not build or before.startswith("compiled"):
-        return before
-    print(f"core modules: {before}; compiling them (about a minute)...", flush=True)
-    built = subprocess.run(native, cwd=ROOT, env=env, capture_output=True, text=True)
-    if built.returncode != 0:
-        print(built.stderr[-2000:], file=sys.stderr)
-    return status()
+    # start_core sets the variable per row; a value from the shell must not hide the build.
+    os.environ.pop(native.PURE_ENV, None)
+    status = native.check()
+    if build and not status.active:
+        print(f"core modules: {status}; compiling them (about a minute)...", flush=True)
+        native.build()  # on failure it says why; the status below says what runs
+        status = native.check()
+    return str(status)
 
 
 def pinned(args: list[str], cpu: int | None) -> list[str]:
